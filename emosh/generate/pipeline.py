@@ -1,0 +1,270 @@
+"""diffusers host: the EMOSH generator on diffusers' Wan transformers, Wan VAE and a flow-matching scheduler.
+
+The same adapter, chunk planner and latent assembly as the ComfyUI host; here the denoising loop is written out
+(Euler flow matching with classifier-free guidance). Weights load from local files only, safetensors only.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ..errors import InputError, MissingModelError
+from .adapter import InjectionSchedule, MotionAdapter, inject_motion
+from .chunks import (ChunkAssembler, check_video_inputs, latent_frame_count, pad_video_to_latent_grid, plan_chunks,
+                     pixel_to_latent_chunking)
+
+TRANSFORMER_CLASSES = ("WanTransformer3DModel", "WanAnimateTransformer3DModel")
+
+
+@dataclass
+class EmoshOutput:
+    """Normalised latents ``[1, C, T, h, w]`` and, unless decoding was skipped, frames ``[N, H, W, 3]`` in 0..1."""
+
+    latents: torch.Tensor
+    video: torch.Tensor | None
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise MissingModelError(f"{what} not found: looked for {path}. Weights are never downloaded; put the "
+                                f"diffusers folder or .safetensors file there.")
+    if path.is_file() and path.suffix != ".safetensors":
+        raise InputError(f"{what}: only .safetensors files are loaded, got {path.name}.")
+    return path
+
+
+def _single_file_config(path: Path) -> dict | None:
+    """Config stored in a safetensors header (key ``config``) or in ``<stem>.json`` next to the file."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" in meta:
+        return json.loads(meta["config"])
+    sibling = path.with_suffix(".json")
+    return json.loads(sibling.read_text()) if sibling.is_file() else None
+
+
+def _infer_native_wan_config(sd: dict[str, torch.Tensor]) -> dict:
+    """diffusers config of a Wan DiT in the original/ComfyUI key layout, read off the tensor shapes."""
+    patch = sd["patch_embedding.weight"]
+    dim = patch.shape[0]
+    cfg = {
+        "patch_size": list(patch.shape[2:]), "in_channels": patch.shape[1],
+        "out_channels": sd["head.head.weight"].shape[0] // int(torch.tensor(patch.shape[2:]).prod()),
+        "num_attention_heads": max(1, dim // 128), "attention_head_dim": dim // max(1, dim // 128),
+        "text_dim": sd["text_embedding.0.weight"].shape[1], "freq_dim": sd["time_embedding.0.weight"].shape[1],
+        "ffn_dim": sd["blocks.0.ffn.0.weight"].shape[0],
+        "num_layers": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+    }
+    if "img_emb.proj.0.weight" in sd:
+        cfg["image_dim"] = sd["img_emb.proj.0.weight"].shape[0]
+        cfg["added_kv_proj_dim"] = dim
+    return cfg
+
+
+def load_transformer(path: str | os.PathLike, config: dict | None = None,
+                     dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A diffusers Wan transformer from a diffusers folder or one safetensors file.
+
+    Single files may use diffusers keys (config from ``config``, the safetensors header or ``<stem>.json``) or the
+    original Wan / ComfyUI keys (converted with diffusers' converter; shape settings read from the weights, heads
+    assumed 128 wide unless ``config`` says otherwise).
+    """
+    import diffusers
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    path = _require_file(Path(path), "Wan transformer")
+    if path.is_dir():
+        folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+        cfg_file = _require_file(folder / "config.json", "Wan transformer config")
+        name = json.loads(cfg_file.read_text()).get("_class_name", "WanTransformer3DModel")
+        if name not in TRANSFORMER_CLASSES:
+            raise InputError(f"{cfg_file} describes a {name}; EMOSH runs on {TRANSFORMER_CLASSES}.")
+        return getattr(diffusers, name).from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
+                                                        torch_dtype=dtype)
+    sd = load_file(str(path))
+    cfg = dict(config or _single_file_config(path) or {})
+    if "patch_embedding.weight" in sd and "head.head.weight" in sd:
+        cfg = {**_infer_native_wan_config(sd), **cfg}
+        sd = convert_wan_transformer_to_diffusers(sd)
+    elif not cfg:
+        raise InputError(f"{path} uses diffusers keys but carries no config: pass config=, or put {path.stem}.json "
+                         f"next to it.")
+    name = cfg.pop("_class_name", "WanAnimateTransformer3DModel" if "pose_patch_embedding.weight" in sd
+                   else "WanTransformer3DModel")
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    model = getattr(diffusers, name)(**cfg)
+    model.load_state_dict(sd, strict=True)
+    return model.to(dtype)
+
+
+def load_vae(path: str | os.PathLike, config: dict | None = None) -> torch.nn.Module:
+    """``AutoencoderKLWan`` from a diffusers folder (or its ``vae/`` subfolder) or one safetensors file."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    path = _require_file(Path(path), "Wan VAE")
+    if path.is_dir():
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        _require_file(folder / "config.json", "Wan VAE config")
+        return AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    sd = load_file(str(path))
+    cfg = dict(config or _single_file_config(path) or {})
+    if "encoder.conv1.weight" in sd:  # original Wan VAE layout
+        sd = convert_wan_vae_to_diffusers(sd)
+    vae = AutoencoderKLWan(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    vae.load_state_dict(sd, strict=True)
+    return vae
+
+
+class EmoshPipeline:
+    """Reference image + control video (+ text embeddings) → video, in chunks, on diffusers components."""
+
+    def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler,
+                 adapter: MotionAdapter | None = None) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.scheduler = scheduler
+        self.is_animate = hasattr(transformer, "pose_patch_embedding")
+        if adapter is None and self.is_animate:
+            adapter = MotionAdapter.from_conv(transformer.pose_patch_embedding)
+        if adapter is None:
+            raise InputError("EmoshPipeline needs EMOSH adapter weights (adapter=...) unless the transformer is a "
+                             "Wan-Animate model, whose pose_patch_embedding takes the motion latents.")
+        dim = transformer.patch_embedding.out_channels
+        if adapter.dim != dim or adapter.patch_size != tuple(transformer.patch_embedding.kernel_size):
+            raise InputError(f"Adapter (dim {adapter.dim}, patch {adapter.patch_size}) does not fit the transformer "
+                             f"(dim {dim}, patch {tuple(transformer.patch_embedding.kernel_size)}).")
+        self.adapter = adapter
+        self.latent_channels = int(vae.config.z_dim)
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, vae: str | os.PathLike | None = None,
+                        adapter: str | os.PathLike | None = None, flow_shift: float = 3.0,
+                        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> "EmoshPipeline":
+        """Load from a diffusers folder (transformer/, vae/) or single files; ``adapter`` is a safetensors file."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        transformer = load_transformer(model, dtype=dtype).to(device)
+        vae_model = load_vae(vae if vae is not None else model).to(device)
+        motion = MotionAdapter.load(adapter, device=device).to(dtype) if adapter is not None else None
+        return cls(transformer, vae_model, FlowMatchEulerDiscreteScheduler(shift=flow_shift), motion)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.patch_embedding.weight.device
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.vae.config.latents_mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.vae.config.latents_std, device=like.device, dtype=like.dtype).view(1, -1, 1, 1, 1)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """IMAGE-layout frames ``[N, H, W, 3]`` in 0..1 → normalised latents ``[1, C, T, h, w]``."""
+        frames = pad_video_to_latent_grid(frames[..., :3])
+        pixels = frames.permute(3, 0, 1, 2)[None].to(self.device, self.vae.dtype) * 2.0 - 1.0
+        raw = self.vae.encode(pixels).latent_dist.mode()
+        mean, std = self._latent_stats(raw)
+        return (raw - mean) / std
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[1, C, T, h, w]`` → frames ``[4(T-1)+1, H, W, 3]`` in 0..1."""
+        mean, std = self._latent_stats(latents)
+        pixels = self.vae.decode((latents * std + mean).to(self.vae.dtype), return_dict=False)[0]
+        return ((pixels[0].permute(1, 2, 3, 0).float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def _model_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """Noisy latents plus empty condition channels when the transformer expects them (i2v / Animate)."""
+        if self.transformer.config.in_channels == self.latent_channels:
+            return latents
+        extra = self.transformer.config.in_channels - self.latent_channels
+        return torch.cat([latents, latents.new_zeros(latents.shape[0], extra, *latents.shape[2:])], dim=1)
+
+    def _predict(self, model_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                 image_embeds: torch.Tensor | None) -> torch.Tensor:
+        kwargs = {"encoder_hidden_states_image": image_embeds} if image_embeds is not None else {}
+        if not self.is_animate:
+            return self.transformer(model_in, timestep=t, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
+        # Animate: our hook supplies the pose tokens, so its built-in pose path gets zeros and no face motion.
+        b, _, frames, h, w = model_in.shape
+        cfg = self.transformer.config
+        pose = model_in.new_zeros(b, self.latent_channels, frames - 1, h, w)
+        face = -model_in.new_ones(b, 3, 4 * (frames - 1), cfg.motion_encoder_size, cfg.motion_encoder_size)
+        handle = self.transformer.pose_patch_embedding.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+        try:
+            return self.transformer(model_in, timestep=t, encoder_hidden_states=text, pose_hidden_states=pose,
+                                    face_pixel_values=face, return_dict=False, **kwargs)[0]
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def __call__(self, reference: torch.Tensor, control: torch.Tensor, prompt_embeds: torch.Tensor,
+                 negative_prompt_embeds: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
+                 num_inference_steps: int = 20, guidance_scale: float = 5.0, seed: int = 0, chunk_frames: int = 81,
+                 overlap_frames: int = 8, temporal_frames: int = 1, use_spatial_latent: bool = True,
+                 schedule: InjectionSchedule = InjectionSchedule(), init_video: torch.Tensor | None = None,
+                 denoise: float = 1.0, decode: bool = True,
+                 on_chunk: Callable[[int, int], None] | None = None) -> EmoshOutput:
+        """Generate a video of the reference person following ``control`` (IMAGE layout, 0..1).
+
+        ``chunk_frames``/``overlap_frames`` are pixel frames; ``temporal_frames`` latent frames of the previous
+        chunk condition the next one. ``init_video`` with ``denoise < 1`` starts from a noised init (e.g. the preview
+        animator's output). ``on_chunk(done, total)`` is called after each chunk.
+        """
+        if reference.ndim == 3:
+            reference = reference[None]
+        check_video_inputs(control, reference, init_video)
+        if not 0.0 < denoise <= 1.0:
+            raise InputError(f"denoise must be in (0, 1], got {denoise}.")
+        device, dtype = self.device, self.transformer.dtype
+        num_frames = control.shape[0]
+        motion = self.encode_video(control).to(dtype)
+        ref_latent = self.encode_video(reference[:1]).to(dtype)
+        init = self.encode_video(init_video).to(dtype) if init_video is not None else None
+        total = latent_frame_count(num_frames)
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        noise = torch.randn(motion.shape, generator=generator, dtype=torch.float32).to(device, dtype)
+        chunks = plan_chunks(total, *pixel_to_latent_chunking(chunk_frames, overlap_frames))
+        assembler = ChunkAssembler(chunks, ref_latent, temporal_frames, use_spatial_latent)
+        use_cfg = negative_prompt_embeds is not None and guidance_scale != 1.0
+        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if use_cfg else prompt_embeds
+        text = text.to(device, dtype)
+        if image_embeds is not None:
+            image_embeds = image_embeds.to(device, dtype)
+            image_embeds = image_embeds.repeat(2, 1, 1) if use_cfg else image_embeds
+        first_step = num_inference_steps - max(1, round(num_inference_steps * denoise))
+        for chunk in chunks:
+            cond = assembler.conditioning(chunk)
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            timesteps = self.scheduler.timesteps[first_step:]
+            self.scheduler.set_begin_index(first_step)
+            latents = noise[:, :, chunk.start:chunk.stop]
+            if init is not None and denoise < 1.0:
+                latents = self.scheduler.scale_noise(init[:, :, chunk.start:chunk.stop], timesteps[:1], latents)
+            chunk_motion = motion[:, :, chunk.start:chunk.stop]
+            for i, t in enumerate(timesteps):
+                model_in = cond.prepend(self._model_input(latents), self.latent_channels)
+                if use_cfg:
+                    model_in = torch.cat([model_in, model_in])
+                factor = schedule.factor((first_step + i) / num_inference_steps)
+                with inject_motion(self.transformer.patch_embedding, self.adapter, chunk_motion, cond.num_frames,
+                                   factor):
+                    pred = self._predict(model_in, t.expand(model_in.shape[0]), text, image_embeds)
+                pred = pred[:, :, cond.num_frames:]
+                if use_cfg:
+                    uncond, condp = pred.chunk(2)
+                    pred = uncond + guidance_scale * (condp - uncond)
+                latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
+            assembler.add(chunk, latents)
+            if on_chunk is not None:
+                on_chunk(chunk.index + 1, len(chunks))
+        video = self.decode_latents(assembler.output)[:num_frames] if decode else None
+        return EmoshOutput(assembler.output, video)
