@@ -1,0 +1,195 @@
+"""Image and video IO (PyAV for video, OpenCV for stills), streaming so long videos run in bounded memory.
+
+Frames are RGB ``uint8`` numpy arrays [H, W, 3]. Writers go to a temporary name and are renamed at the end, so a
+cancelled or failed run never leaves a half-written file under the real name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class VideoInfo:
+    frames: int  # container's frame count (0 when the container does not say)
+    fps: float
+    size: tuple[int, int]  # (height, width)
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 [H, W, 3]; grayscale and RGBA inputs are converted (alpha composited over white)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Image not found: {path}")
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise InputError(f"Cannot read {path} as an image (unsupported or corrupt file)")
+    return to_rgb(data, bgr=True)
+
+
+def to_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """Any 2D/3D uint8/float image → RGB uint8 [H, W, 3] (gray replicated; alpha composited over white)."""
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        if not np.isfinite(img).all():
+            raise InputError("Image contains NaN or Inf values")
+        scale = 255.0 if img.max() <= 1.0 else 1.0
+        img = np.clip(img * scale, 0, 255).round().astype(np.uint8)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise InputError(f"Expected an image [H, W] or [H, W, 1|3|4], got shape {img.shape}")
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif img.shape[2] == 4:
+        alpha = img[..., 3:4].astype(np.float32) / 255.0
+        img = (img[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    if bgr:
+        img = img[..., ::-1]
+    return np.ascontiguousarray(img)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    path = _existing(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 25)
+            return VideoInfo(frames=int(stream.frames or 0), fps=fps, size=(stream.height, stream.width))
+    except av.error.FFmpegError as exc:
+        raise InputError(f"Cannot read {path} as a video ({exc})") from exc
+
+
+def iter_frames(path: str | os.PathLike, start: int = 0, max_frames: int | None = None,
+                long_side: int | None = None) -> Iterator[np.ndarray]:
+    """Decode RGB frames one at a time, optionally resized so the longer side is ``long_side`` pixels."""
+    path = _existing(path)
+    produced = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if index < start:
+                    continue
+                if max_frames is not None and produced >= max_frames:
+                    break
+                image = frame.to_ndarray(format="rgb24")
+                yield resize_long_side(image, long_side) if long_side else image
+                produced += 1
+    except av.error.FFmpegError as exc:
+        raise InputError(f"Cannot decode {path} as a video ({exc})") from exc
+    if produced == 0:
+        raise InputError(f"{path} contains no decodable frames" + (f" from frame {start}" if start else ""))
+
+
+def read_frames(path: str | os.PathLike, **kwargs) -> np.ndarray:
+    """All frames of an image (1 frame) or a video as [T, H, W, 3] uint8."""
+    if is_image(path):
+        img = read_image(path)
+        size = kwargs.get("long_side")
+        return (resize_long_side(img, size) if size else img)[None]
+    return np.stack(list(iter_frames(path, **kwargs)))
+
+
+def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
+    if abs(scale - 1.0) < 1e-6:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+class VideoWriter:
+    """H.264 mp4 writer (``with`` block); frames are RGB uint8 [H, W, 3]. Odd sizes are padded to even."""
+
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
+        self._fps = Fraction(fps).limit_denominator(1001)
+        self._crf = crf
+        self._container = None
+        self._stream = None
+        self.frames = 0
+
+    def __enter__(self) -> "VideoWriter":
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = to_rgb(frame)
+        h, w = frame.shape[:2]
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self._fps)
+            self._stream.width, self._stream.height = w + w % 2, h + h % 2
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(self._crf), "preset": "veryfast"}
+        if (h + h % 2, w + w % 2) != (self._stream.height, self._stream.width):
+            raise InputError(f"Frame {self.frames} is {w}x{h}, the video is {self._stream.width}x{self._stream.height}")
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None and self._stream is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+        if exc_type is None and self.frames > 0:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+            if exc_type is None:
+                raise InputError(f"No frames were written to {self.path}")
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float) -> Path:
+    with VideoWriter(path, fps) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return Path(path)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """PNG/JPEG, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    if not cv2.imwrite(str(tmp), to_rgb(image)[..., ::-1]):
+        raise InputError(f"Cannot write image {path} (unsupported extension?)")
+    os.replace(tmp, path)
+    return path
+
+
+def _existing(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"File not found: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes)")
+    return path

