@@ -77,8 +77,10 @@ class MotionAdapter(torch.nn.Module):
             pad = (0, (-size) % patch) + pad
         if any(pad):
             motion_latents = F.pad(motion_latents, pad)
-        weight = self.proj.weight
-        return self.proj(motion_latents.to(device=weight.device, dtype=weight.dtype))
+        weight, bias = self.proj.weight, self.proj.bias
+        motion_latents = motion_latents.to(device=weight.device, dtype=weight.dtype)
+        # F.conv3d, not self.proj(...): module hooks on a host's own conv (Wan-Animate) must not fire here.
+        return F.conv3d(motion_latents, weight, bias, stride=self.patch_size)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights as safetensors with the shape settings in the header."""
@@ -151,3 +153,15 @@ def inject_motion(patch_embedding: torch.nn.Module, adapter: MotionAdapter, moti
         yield
     finally:
         handle.remove()
+
+
+def step_progress(sigma: float, sample_sigmas: Sequence[float] | torch.Tensor) -> float:
+    """Fraction of sampling done when the model is evaluated at ``sigma`` (the index of its step / step count).
+
+    Hosts that only see sigmas (ComfyUI's ``transformer_options``) use it to apply :class:`InjectionSchedule`;
+    evaluations between two sigmas (second-order samplers) count as the earlier step.
+    """
+    sigmas = torch.as_tensor(sample_sigmas, dtype=torch.float64).flatten()
+    steps = max(1, sigmas.numel() - 1)
+    index = int((sigmas[:-1] >= float(sigma) - 1e-6).sum().item()) - 1
+    return min(max(index, 0), steps - 1) / steps

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..errors import InputError
+from .adapter import MotionAdapter, inject_motion
 
 VAE_TEMPORAL_STRIDE = 4
 VAE_SPATIAL_STRIDE = 8
@@ -210,3 +212,23 @@ def check_video_inputs(control: torch.Tensor, reference: torch.Tensor, init_vide
         if init_video.shape[1:3] != (h, w):
             raise InputError(f"Wrong size: init video is {init_video.shape[2]}x{init_video.shape[1]}, "
                              f"control frames {w}x{h}.")
+
+
+def run_model_on_chunk(forward: Callable[[torch.Tensor], torch.Tensor], noisy: torch.Tensor, latent_channels: int,
+                       patch_embedding: torch.nn.Module, conditioning: ChunkConditioning | None = None,
+                       adapter: MotionAdapter | None = None, motion_latents: torch.Tensor | None = None,
+                       factor: float = 0.0) -> torch.Tensor:
+    """One DiT call on a chunk, the same for every host.
+
+    Prepends the clean conditioning frames in time, adds the motion tokens to the noisy frames' patch embeddings
+    while ``forward`` runs, and returns the prediction for the noisy frames only.
+    """
+    first = 0
+    if conditioning is not None:
+        noisy = conditioning.prepend(noisy, latent_channels)
+        first = conditioning.num_frames
+    if adapter is None or motion_latents is None:
+        factor = 0.0
+    with inject_motion(patch_embedding, adapter, motion_latents, first, factor):
+        out = forward(noisy)
+    return out[:, :, first:]

@@ -16,9 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..errors import InputError, MissingModelError
-from .adapter import InjectionSchedule, MotionAdapter, inject_motion
+from .adapter import InjectionSchedule, MotionAdapter
 from .chunks import (ChunkAssembler, check_video_inputs, latent_frame_count, pad_video_to_latent_grid, plan_chunks,
-                     pixel_to_latent_chunking)
+                     pixel_to_latent_chunking, run_model_on_chunk)
 
 TRANSFORMER_CLASSES = ("WanTransformer3DModel", "WanAnimateTransformer3DModel")
 
@@ -251,14 +251,11 @@ class EmoshPipeline:
                 latents = self.scheduler.scale_noise(init[:, :, chunk.start:chunk.stop], timesteps[:1], latents)
             chunk_motion = motion[:, :, chunk.start:chunk.stop]
             for i, t in enumerate(timesteps):
-                model_in = cond.prepend(self._model_input(latents), self.latent_channels)
-                if use_cfg:
-                    model_in = torch.cat([model_in, model_in])
-                factor = schedule.factor((first_step + i) / num_inference_steps)
-                with inject_motion(self.transformer.patch_embedding, self.adapter, chunk_motion, cond.num_frames,
-                                   factor):
-                    pred = self._predict(model_in, t.expand(model_in.shape[0]), text, image_embeds)
-                pred = pred[:, :, cond.num_frames:]
+                model_in = self._model_input(torch.cat([latents, latents]) if use_cfg else latents)
+                pred = run_model_on_chunk(
+                    lambda x: self._predict(x, t.expand(x.shape[0]), text, image_embeds), model_in,
+                    self.latent_channels, self.transformer.patch_embedding, cond, self.adapter, chunk_motion,
+                    schedule.factor((first_step + i) / num_inference_steps))
                 if use_cfg:
                     uncond, condp = pred.chunk(2)
                     pred = uncond + guidance_scale * (condp - uncond)

@@ -1,0 +1,312 @@
+"""ComfyUI nodes for EMOSH generation: Hybrid Motion Injector and EMOSH Sampler.
+
+Thin adapters: they convert ComfyUI objects (MODEL, VAE, IMAGE, CONDITIONING) and call ``emosh.generate``, where
+the maths lives. ComfyUI modules are imported inside the functions so this file imports without ComfyUI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+
+try:  # loaded as part of the pack (package-relative) or with the repo root on sys.path (tests, CLI)
+    from ..emosh.errors import InputError
+    from ..emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
+    from ..emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, latent_frame_count,
+                                         pad_video_to_latent_grid, plan_chunks, pixel_to_latent_chunking,
+                                         run_model_on_chunk)
+except ImportError:
+    from emosh.errors import InputError
+    from emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
+    from emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, latent_frame_count,
+                                       pad_video_to_latent_grid, plan_chunks, pixel_to_latent_chunking,
+                                       run_model_on_chunk)
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "EMOSH/generate"
+MODEL_FOLDER = "emosh"
+WRAPPER_KEY = "emosh"
+MOTION_KEY = "emosh_motion"
+CHUNK_KEY = "emosh_chunk"
+USE_ANIMATE_EMBEDDING = "(Wan-Animate pose_patch_embedding)"
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionPatch:
+    """What the Hybrid Motion Injector puts in ``transformer_options``: adapter, motion latents, schedule.
+
+    ``adapter`` None means: use the Wan-Animate model's own ``pose_patch_embedding``. ComfyUI deep-copies
+    ``model_options`` on every clone; this object is immutable, so copies share it.
+    """
+
+    adapter: MotionAdapter | None
+    motion_latents: torch.Tensor  # model-space latents [1, C, T, h, w] of the whole control video
+    schedule: InjectionSchedule
+    pixel_frames: int
+
+    def __deepcopy__(self, memo: dict) -> "MotionPatch":
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkWindow:
+    """What the EMOSH Sampler puts in ``transformer_options`` for one chunk: where it starts, what conditions it."""
+
+    start: int
+    conditioning: ChunkConditioning
+
+    def __deepcopy__(self, memo: dict) -> "ChunkWindow":
+        return self
+
+
+def _emosh_diffusion_wrapper(executor, x, timestep, context, *args, **kwargs):
+    """Keyed DIFFUSION_MODEL wrapper: chunk conditioning in time + motion tokens on the noisy frames.
+
+    It reads its data from ``transformer_options`` (positional or keyword, as WanModel.forward passes it), so
+    it stacks with other packs' wrappers and leaves the model itself untouched.
+    """
+    options = kwargs.get("transformer_options")
+    if options is None:
+        options = next((a for a in args if isinstance(a, dict) and ("sample_sigmas" in a or MOTION_KEY in a
+                                                                    or CHUNK_KEY in a)), {})
+    motion: MotionPatch | None = options.get(MOTION_KEY)
+    window: ChunkWindow | None = options.get(CHUNK_KEY)
+    if motion is None and window is None:
+        return executor(x, timestep, context, *args, **kwargs)
+    model = executor.class_obj
+    start = window.start if window is not None else 0
+    adapter, latents, factor = None, None, 0.0
+    if motion is not None:
+        adapter = motion.adapter or MotionAdapter.from_conv(model.pose_patch_embedding)
+        latents = motion.motion_latents[:, :, start:start + x.shape[2]]
+        if latents.shape[2] != x.shape[2]:
+            raise InputError(f"Frame count mismatch: the Hybrid Motion Injector got {motion.pixel_frames} control "
+                             f"frames ({motion.motion_latents.shape[2]} latent frames) but the sampler generates "
+                             f"latent frames {start}..{start + x.shape[2] - 1}; give the control video the length of "
+                             f"the output video.")
+        progress = None
+        if "sample_sigmas" in options and "sigmas" in options:
+            progress = step_progress(float(options["sigmas"].flatten()[0]), options["sample_sigmas"])
+        factor = motion.schedule.factor(progress)
+    conditioning = window.conditioning if window is not None else None
+    latent_channels = motion.motion_latents.shape[1] if motion is not None else conditioning.latents.shape[1]
+    return run_model_on_chunk(lambda inp: executor(inp, timestep, context, *args, **kwargs), x, latent_channels,
+                              model.patch_embedding, conditioning, adapter, latents, factor)
+
+
+def _with_emosh_wrapper(model):
+    """A clone of ``model`` with the EMOSH wrapper installed exactly once."""
+    import comfy.patcher_extension
+
+    patched = model.clone()
+    wrappers = patched.wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})
+    if WRAPPER_KEY not in wrappers:
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                                     _emosh_diffusion_wrapper)
+    return patched
+
+
+def _set_transformer_option(model, key: str, value: Any) -> None:
+    model.model_options.setdefault("transformer_options", {})[key] = value
+
+
+def _encode_frames(vae, frames: torch.Tensor) -> torch.Tensor:
+    """IMAGE ``[N, H, W, C]`` → raw VAE latents ``[1, C, T, h, w]`` (frames padded to 4k+1 first)."""
+    return vae.encode(pad_video_to_latent_grid(frames[..., :3]))
+
+
+def _adapter_files() -> list[str]:
+    try:
+        import folder_paths
+        return [f for f in folder_paths.get_filename_list(MODEL_FOLDER) if f.endswith(".safetensors")]
+    except (ImportError, KeyError):
+        return []
+
+
+class HybridMotionInjector:
+    DESCRIPTION = ("EMOSH Hybrid Motion Injection: encodes the hybrid control frames with the VAE into motion latents "
+                   "and adds them, through a patch embedding, to the noisy video tokens of a native Wan model. "
+                   "Returns a patched copy of the MODEL that works with stock KSampler, SamplerCustomAdvanced and the "
+                   "EMOSH Sampler. With a Wan-Animate model its own pose_patch_embedding is used (no adapter file).")
+    CATEGORY = CATEGORY
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The Wan model with the motion injection attached (the input MODEL is left unchanged).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A native Wan 2.1/2.2 video model (UNETLoader / Load Diffusion Model)."}),
+            "vae": ("VAE", {"tooltip": "The Wan VAE that encodes the control frames into motion latents."}),
+            "control": ("IMAGE", {"tooltip": "Hybrid control frames (Mesh Condition Renderer), one per output frame, "
+                                             "at the output resolution."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                   "tooltip": "Multiplier of the motion tokens; 0 disables the injection."}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Fraction of the sampling steps after which the motion is added."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Fraction of the sampling steps after which the motion stops."}),
+            "adapter": ([USE_ANIMATE_EMBEDDING] + _adapter_files(),
+                        {"tooltip": "EMOSH adapter weights (.safetensors) from models/emosh/. Choose the Wan-Animate "
+                                    "entry to use a Wan-Animate model's own pose_patch_embedding."}),
+        }}
+
+    def patch(self, model, vae, control: torch.Tensor, strength: float, start_percent: float, end_percent: float,
+              adapter: str):
+        diffusion_model = model.model.diffusion_model
+        if adapter == USE_ANIMATE_EMBEDDING:
+            if not hasattr(diffusion_model, "pose_patch_embedding"):
+                raise InputError("This MODEL is not a Wan-Animate model (no pose_patch_embedding): choose an EMOSH "
+                                 "adapter file from models/emosh/.")
+            motion_adapter = None
+        else:
+            import folder_paths
+            motion_adapter = MotionAdapter.load(folder_paths.get_full_path_or_raise(MODEL_FOLDER, adapter))
+            embed = diffusion_model.patch_embedding
+            if motion_adapter.dim != embed.out_channels or motion_adapter.patch_size != tuple(embed.kernel_size):
+                raise InputError(f"Adapter {adapter} (dim {motion_adapter.dim}, patch {motion_adapter.patch_size}) "
+                                 f"does not fit this model (dim {embed.out_channels}, patch "
+                                 f"{tuple(embed.kernel_size)}).")
+        schedule = InjectionSchedule(strength, start_percent, end_percent)
+        raw = _encode_frames(vae, control)
+        latents = model.model.process_latent_in(raw).to("cpu")
+        patched = _with_emosh_wrapper(model)
+        _set_transformer_option(patched, MOTION_KEY, MotionPatch(motion_adapter, latents, schedule, control.shape[0]))
+        return (patched,)
+
+
+def _sampler_lists() -> tuple[list[str], list[str]]:
+    try:
+        import comfy.samplers
+        return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+    except ImportError:
+        return ["euler"], ["simple"]
+
+
+class EmoshSampler:
+    DESCRIPTION = ("EMOSH chunked long-video sampler. Splits the video into overlapping chunks; each chunk is "
+                   "denoised by ComfyUI's sampler (or the SAMPLER/SIGMAS you connect) with the reference latent, the "
+                   "spatially-aligned latent (first frame of chunk 1) and the temporal latents (last frames of the "
+                   "previous chunk) placed before it in time; chunks are cross-faded in the overlaps.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("latent", "images")
+    OUTPUT_TOOLTIPS = ("The whole video latent.", "The decoded video frames.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        samplers, schedulers = _sampler_lists()
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A Wan model, usually patched by the Hybrid Motion Injector."}),
+                "positive": ("CONDITIONING", {"tooltip": "Text conditioning (umT5) describing the video."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative text conditioning."}),
+                "vae": ("VAE", {"tooltip": "The Wan VAE: encodes reference/init frames and decodes the result."}),
+                "reference": ("IMAGE", {"tooltip": "The reference person, aligned to the control frames' size "
+                                                   "(Spatial Align); only the first image is used."}),
+                "control": ("IMAGE", {"tooltip": "The whole control video; it sets the output length and size."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "Seed of the noise of the whole video (shared by overlapping chunks)."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 1000,
+                                  "tooltip": "Sampling steps per chunk (ignored when SIGMAS are connected)."}),
+                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                  "tooltip": "Classifier-free guidance scale."}),
+                "sampler_name": (samplers, {"tooltip": "ComfyUI sampler (ignored when a SAMPLER is connected)."}),
+                "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler (ignored when SIGMAS are connected)."}),
+                "chunk_frames": ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4,
+                                         "tooltip": "Frames per chunk (4k+1 frames match Wan's latent grid)."}),
+                "overlap_frames": ("INT", {"default": 8, "min": 0, "max": 1000, "step": 4,
+                                           "tooltip": "Frames shared by consecutive chunks and cross-faded."}),
+                "temporal_latents": ("INT", {"default": 1, "min": 0, "max": 16,
+                                             "tooltip": "Latent frames (4 video frames each) of the previous chunk "
+                                                        "that condition the next chunk."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Below 1 the init video is kept partly (needs init_video)."}),
+            },
+            "optional": {
+                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIP vision of the reference, for "
+                                                                         "image-to-video Wan models."}),
+                "sampler": ("SAMPLER", {"tooltip": "A custom sampler (e.g. KSamplerSelect); replaces sampler_name."}),
+                "sigmas": ("SIGMAS", {"tooltip": "Custom sigmas (e.g. BasicScheduler); replace steps/scheduler/"
+                                                 "denoise."}),
+                "init_video": ("IMAGE", {"tooltip": "A video to start from (e.g. the preview animator's output), "
+                                                    "same length and size as the control video."}),
+            },
+        }
+
+    def sample(self, model, positive, negative, vae, reference: torch.Tensor, control: torch.Tensor, seed: int,
+               steps: int, cfg: float, sampler_name: str, scheduler: str, chunk_frames: int, overlap_frames: int,
+               temporal_latents: int, denoise: float, clip_vision_output=None, sampler=None, sigmas=None,
+               init_video: torch.Tensor | None = None):
+        import comfy.model_management
+        import comfy.sample
+        import comfy.utils
+        import node_helpers
+
+        check_video_inputs(control, reference, init_video)
+        if (sampler is None) != (sigmas is None):
+            raise InputError("Connect both SAMPLER and SIGMAS to use a custom sampler, or neither.")
+        total = latent_frame_count(control.shape[0])
+        motion: MotionPatch | None = model.model_options.get("transformer_options", {}).get(MOTION_KEY)
+        if motion is None:
+            log.warning("EMOSH Sampler: the MODEL has no Hybrid Motion Injector patch; sampling without motion.")
+        elif motion.motion_latents.shape[2] != total:
+            raise InputError(f"Frame count mismatch: control video has {control.shape[0]} frames but the Hybrid "
+                             f"Motion Injector got {motion.pixel_frames}.")
+        if clip_vision_output is not None:
+            positive = node_helpers.conditioning_set_values(positive, {"clip_vision_output": clip_vision_output})
+            negative = node_helpers.conditioning_set_values(negative, {"clip_vision_output": clip_vision_output})
+
+        base = _with_emosh_wrapper(model)
+        reference_latent = _encode_frames(vae, reference[:1]).to("cpu", torch.float32)
+        init = _encode_frames(vae, init_video).to("cpu", torch.float32) if init_video is not None else None
+        _, channels, _, h, w = reference_latent.shape
+        noise = comfy.sample.prepare_noise(torch.zeros(1, channels, total, h, w), seed)
+        chunks = plan_chunks(total, *pixel_to_latent_chunking(chunk_frames, overlap_frames))
+        assembler = ChunkAssembler(chunks, reference_latent, temporal_latents, device="cpu")
+        progress = comfy.utils.ProgressBar(len(chunks))
+
+        def on_step(*_args) -> None:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        for chunk in chunks:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            cond = assembler.conditioning(chunk)
+            cond = dataclasses.replace(cond, latents=model.model.process_latent_in(cond.latents))
+            chunk_model = base.clone()
+            _set_transformer_option(chunk_model, CHUNK_KEY, ChunkWindow(chunk.start, cond))
+            chunk_noise = noise[:, :, chunk.start:chunk.stop]
+            latent_image = (init[:, :, chunk.start:chunk.stop] if init is not None
+                            else torch.zeros_like(chunk_noise))
+            if sampler is not None:
+                samples = comfy.sample.sample_custom(chunk_model, chunk_noise, cfg, sampler, sigmas, positive,
+                                                     negative, latent_image, callback=on_step, disable_pbar=True,
+                                                     seed=seed)
+            else:
+                samples = comfy.sample.sample(chunk_model, chunk_noise, steps, cfg, sampler_name, scheduler,
+                                              positive, negative, latent_image, denoise=denoise,
+                                              force_full_denoise=True, callback=on_step, disable_pbar=True,
+                                              seed=seed)
+            assembler.add(chunk, samples.to("cpu", torch.float32))
+            del chunk_model, samples
+            progress.update(1)
+
+        latent = assembler.output
+        images = vae.decode(latent)
+        images = images.reshape(-1, *images.shape[-3:])[: control.shape[0]]
+        return ({"samples": latent}, images)
+
+
+NODE_CLASS_MAPPINGS = {
+    "EmoshHybridMotionInjector": HybridMotionInjector,
+    "EmoshSampler": EmoshSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EmoshHybridMotionInjector": "Hybrid Motion Injector",
+    "EmoshSampler": "EMOSH Sampler",
+}

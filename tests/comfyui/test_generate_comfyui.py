@@ -1,0 +1,178 @@
+"""EMOSH generation nodes against a real ComfyUI (skipped unless COMFYUI_PATH points at a checkout).
+
+A tiny random-weight Wan 2.1 DiT in ComfyUI's native key layout and a random Wan 2.1 VAE are written as
+safetensors, loaded by the stock UNETLoader/VAELoader, patched by the Hybrid Motion Injector and sampled by stock
+KSampler, by SamplerCustomAdvanced and by the EMOSH Sampler over several chunks. Runs in-process on CPU.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not COMFYUI_PATH, reason="set COMFYUI_PATH to a ComfyUI checkout to run these")
+REPO = Path(__file__).resolve().parents[2]
+FRAMES, HEIGHT, WIDTH = 21, 32, 32
+DIM = 128
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """ComfyUI imported in-process on CPU, with model folders in a temp dir and our node module loaded."""
+    sys.path.insert(0, COMFYUI_PATH)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import folder_paths
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    root = tmp_path_factory.mktemp("comfy_models")
+    for name in ("diffusion_models", "vae", "emosh"):
+        (root / name).mkdir()
+        folder_paths.add_model_folder_path(name, str(root / name), is_default=True)
+    _write_tiny_models(root)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    spec = importlib.util.spec_from_file_location("emosh_nodes_generate", REPO / "nodes" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need their module registered
+    spec.loader.exec_module(module)
+    return {"nodes": nodes, "gen": module, "root": root}
+
+
+def _write_tiny_models(root: Path) -> None:
+    import comfy.ldm.wan.model
+    import comfy.ldm.wan.vae
+    import comfy.ops
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    dit = comfy.ldm.wan.model.WanModel(dim=DIM, ffn_dim=256, num_heads=1, num_layers=2, text_dim=4096, freq_dim=256,
+                                       operations=comfy.ops.manual_cast)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.05)
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(root / "diffusion_models" / "tiny_wan.safetensors"))
+    vae = comfy.ldm.wan.vae.WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True], dropout=0.0)
+    with torch.no_grad():
+        for name, p in vae.named_parameters():  # ComfyUI layers are created uninitialised
+            if p.ndim > 1:
+                p.normal_(0.0, 0.02)
+            else:
+                p.fill_(1.0 if "gamma" in name else 0.0)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(root / "vae" / "tiny_wan_vae.safetensors"))
+    from emosh.generate.adapter import MotionAdapter
+
+    adapter = MotionAdapter(DIM)
+    with torch.no_grad():
+        adapter.proj.weight.normal_(0.0, 0.2)
+    adapter.save(root / "emosh" / "tiny_adapter.safetensors")
+
+
+def _control_video() -> torch.Tensor:
+    t = torch.linspace(0, 1, FRAMES).view(-1, 1, 1, 1)
+    y = torch.linspace(0, 1, HEIGHT).view(1, -1, 1, 1)
+    x = torch.linspace(0, 1, WIDTH).view(1, 1, -1, 1)
+    return torch.cat([(x + t).frac().expand(FRAMES, HEIGHT, WIDTH, 1), y.expand(FRAMES, HEIGHT, WIDTH, 1),
+                      (x * y + t).clamp(0, 1).expand(FRAMES, HEIGHT, WIDTH, 1)], dim=-1)
+
+
+def _load(comfy):
+    nodes = comfy["nodes"]
+    model = nodes.UNETLoader().load_unet("tiny_wan.safetensors", "default")[0]
+    vae = nodes.VAELoader().load_vae("tiny_wan_vae.safetensors")[0]
+    torch.manual_seed(1)
+    positive = [[torch.randn(1, 8, 4096), {}]]
+    negative = [[torch.randn(1, 8, 4096), {}]]
+    return model, vae, positive, negative
+
+
+def _empty_latent(frames: int = FRAMES) -> dict:
+    return {"samples": torch.zeros(1, 16, (frames - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)}
+
+
+def test_stock_samplers_with_injector(comfy):
+    nodes, gen = comfy["nodes"], comfy["gen"]
+    model, vae, positive, negative = _load(comfy)
+    assert type(model.model).__name__ == "WAN21"
+    control = _control_video()
+    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, "tiny_adapter.safetensors")[0]
+    assert patched is not model
+    ksampler = nodes.KSampler()
+    args = dict(seed=3, steps=3, cfg=3.0, sampler_name="euler", scheduler="simple", positive=positive,
+                negative=negative, latent_image=_empty_latent(), denoise=1.0)
+    base = ksampler.sample(model, **args)[0]["samples"]
+    injected = ksampler.sample(patched, **args)[0]["samples"]
+    base_again = ksampler.sample(model, **args)[0]["samples"]
+    assert torch.isfinite(injected).all()
+    assert (injected - base).abs().max() > 1e-3, "motion injection had no effect"
+    assert torch.equal(base, base_again), "the upstream MODEL was modified by the injector"
+
+    from comfy_extras.nodes_custom_sampler import (BasicScheduler, CFGGuider, KSamplerSelect, RandomNoise,
+                                                   SamplerCustomAdvanced)
+
+    guider = CFGGuider().get_guider(patched, positive, negative, 3.0)[0]
+    sampler = KSamplerSelect().get_sampler("euler")[0]
+    sigmas = BasicScheduler().get_sigmas(patched, "simple", 3, 1.0)[0]
+    noise = RandomNoise().get_noise(3)[0]
+    custom = SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, _empty_latent())[0]["samples"]
+    assert torch.allclose(custom, injected, atol=1e-5), (custom - injected).abs().max()
+
+    zero = gen.HybridMotionInjector().patch(model, vae, control, 0.0, 0.0, 1.0, "tiny_adapter.safetensors")[0]
+    assert torch.equal(ksampler.sample(zero, **args)[0]["samples"], base), "strength 0 must leave the model as is"
+
+
+def test_injector_frame_count_mismatch(comfy):
+    nodes, gen = comfy["nodes"], comfy["gen"]
+    model, vae, positive, negative = _load(comfy)
+    patched = gen.HybridMotionInjector().patch(model, vae, _control_video()[:9], 1.0, 0.0, 1.0,
+                                               "tiny_adapter.safetensors")[0]
+    with pytest.raises(Exception, match="Frame count mismatch"):
+        nodes.KSampler().sample(patched, 3, 2, 3.0, "euler", "simple", positive, negative, _empty_latent(), 1.0)
+    with pytest.raises(Exception, match="not a Wan-Animate model"):
+        gen.HybridMotionInjector().patch(model, vae, _control_video(), 1.0, 0.0, 1.0,
+                                         gen.USE_ANIMATE_EMBEDDING)
+
+
+def test_emosh_sampler_chunks(comfy):
+    gen = comfy["gen"]
+    model, vae, positive, negative = _load(comfy)
+    control = _control_video()
+    reference = control[:1].flip(2)
+    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, "tiny_adapter.safetensors")[0]
+    sampler = gen.EmoshSampler()
+    args = dict(seed=5, steps=3, cfg=3.0, sampler_name="euler", scheduler="simple", chunk_frames=9,
+                overlap_frames=4, temporal_latents=1, denoise=1.0)
+    from emosh.generate.chunks import pixel_to_latent_chunking, plan_chunks
+
+    chunks = plan_chunks((FRAMES - 1) // 4 + 1, *pixel_to_latent_chunking(9, 4))
+    assert len(chunks) >= 3
+    latent, images = sampler.sample(patched, positive, negative, vae, reference, control, **args)
+    assert latent["samples"].shape == (1, 16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
+    assert images.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert torch.isfinite(latent["samples"]).all()
+    again, _ = sampler.sample(patched, positive, negative, vae, reference, control, **args)
+    assert torch.equal(again["samples"], latent["samples"]), "EMOSH Sampler is not deterministic for a seed"
+
+    from comfy_extras.nodes_custom_sampler import BasicScheduler, KSamplerSelect
+
+    custom_sampler = KSamplerSelect().get_sampler("euler")[0]
+    sigmas = BasicScheduler().get_sigmas(patched, "simple", 3, 1.0)[0]
+    custom, _ = sampler.sample(patched, positive, negative, vae, reference, control, sampler=custom_sampler,
+                               sigmas=sigmas, **args)
+    assert torch.allclose(custom["samples"], latent["samples"], atol=1e-5)
+
+    with pytest.raises(Exception, match="Frame count mismatch"):
+        sampler.sample(patched, positive, negative, vae, reference, control[:17], **args)
+    with pytest.raises(Exception, match="Wrong size"):
+        sampler.sample(patched, positive, negative, vae, reference[:, :16], control, **args)
