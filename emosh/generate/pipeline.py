@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from ..errors import InputError, MissingModelError
 from .adapter import InjectionSchedule, MotionAdapter
-from .chunks import (ChunkAssembler, check_video_inputs, latent_frame_count, pad_video_to_latent_grid, plan_chunks,
-                     pixel_to_latent_chunking, run_model_on_chunk)
+from .chunks import (ChunkAssembler, check_video_inputs, pad_video_to_latent_grid, plan_chunks, pixel_to_latent_chunking,
+                     run_model_on_chunk)
 
 TRANSFORMER_CLASSES = ("WanTransformer3DModel", "WanAnimateTransformer3DModel")
 
@@ -31,11 +31,11 @@ class EmoshOutput:
     video: torch.Tensor | None
 
 
-def _require_file(path: Path, what: str) -> Path:
+def _require_file(path: Path, what: str, weights: bool = True) -> Path:
     if not path.exists():
         raise MissingModelError(f"{what} not found: looked for {path}. Weights are never downloaded; put the "
                                 f"diffusers folder or .safetensors file there.")
-    if path.is_file() and path.suffix != ".safetensors":
+    if weights and path.is_file() and path.suffix != ".safetensors":
         raise InputError(f"{what}: only .safetensors files are loaded, got {path.name}.")
     return path
 
@@ -82,7 +82,7 @@ def load_transformer(path: str | os.PathLike, config: dict | None = None,
     path = _require_file(Path(path), "Wan transformer")
     if path.is_dir():
         folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
-        cfg_file = _require_file(folder / "config.json", "Wan transformer config")
+        cfg_file = _require_file(folder / "config.json", "Wan transformer config", weights=False)
         name = json.loads(cfg_file.read_text()).get("_class_name", "WanTransformer3DModel")
         if name not in TRANSFORMER_CLASSES:
             raise InputError(f"{cfg_file} describes a {name}; EMOSH runs on {TRANSFORMER_CLASSES}.")
@@ -112,7 +112,7 @@ def load_vae(path: str | os.PathLike, config: dict | None = None) -> torch.nn.Mo
     path = _require_file(Path(path), "Wan VAE")
     if path.is_dir():
         folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        _require_file(folder / "config.json", "Wan VAE config")
+        _require_file(folder / "config.json", "Wan VAE config", weights=False)
         return AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     sd = load_file(str(path))
     cfg = dict(config or _single_file_config(path) or {})
@@ -207,33 +207,49 @@ class EmoshPipeline:
 
     @torch.no_grad()
     def __call__(self, reference: torch.Tensor, control: torch.Tensor, prompt_embeds: torch.Tensor,
-                 negative_prompt_embeds: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
-                 num_inference_steps: int = 20, guidance_scale: float = 5.0, seed: int = 0, chunk_frames: int = 81,
-                 overlap_frames: int = 8, temporal_frames: int = 1, use_spatial_latent: bool = True,
-                 schedule: InjectionSchedule = InjectionSchedule(), init_video: torch.Tensor | None = None,
-                 denoise: float = 1.0, decode: bool = True,
-                 on_chunk: Callable[[int, int], None] | None = None) -> EmoshOutput:
-        """Generate a video of the reference person following ``control`` (IMAGE layout, 0..1).
+                 negative_prompt_embeds: torch.Tensor | None = None, init_video: torch.Tensor | None = None,
+                 decode: bool = True, **sampling) -> EmoshOutput:
+        """Generate a video of the reference person following ``control`` (IMAGE layout ``[N, H, W, 3]``, 0..1).
 
-        ``chunk_frames``/``overlap_frames`` are pixel frames; ``temporal_frames`` latent frames of the previous
-        chunk condition the next one. ``init_video`` with ``denoise < 1`` starts from a noised init (e.g. the preview
-        animator's output). ``on_chunk(done, total)`` is called after each chunk.
+        ``init_video`` (same length and size, e.g. the preview animator's output) is used with ``denoise < 1``.
+        Other keywords go to :meth:`sample_latents`.
         """
         if reference.ndim == 3:
             reference = reference[None]
         check_video_inputs(control, reference, init_video)
-        if not 0.0 < denoise <= 1.0:
-            raise InputError(f"denoise must be in (0, 1], got {denoise}.")
-        device, dtype = self.device, self.transformer.dtype
-        num_frames = control.shape[0]
+        dtype = self.transformer.dtype
         motion = self.encode_video(control).to(dtype)
         ref_latent = self.encode_video(reference[:1]).to(dtype)
         init = self.encode_video(init_video).to(dtype) if init_video is not None else None
-        total = latent_frame_count(num_frames)
+        latents = self.sample_latents(motion, ref_latent, prompt_embeds, negative_prompt_embeds,
+                                      init_latents=init, **sampling)
+        video = self.decode_latents(latents)[: control.shape[0]] if decode else None
+        return EmoshOutput(latents, video)
+
+    @torch.no_grad()
+    def sample_latents(self, motion_latents: torch.Tensor, reference_latent: torch.Tensor,
+                       prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None = None,
+                       image_embeds: torch.Tensor | None = None, num_inference_steps: int = 20,
+                       guidance_scale: float = 5.0, seed: int = 0, chunk_frames: int = 81, overlap_frames: int = 8,
+                       temporal_frames: int = 1, use_spatial_latent: bool = True,
+                       schedule: InjectionSchedule = InjectionSchedule(), init_latents: torch.Tensor | None = None,
+                       denoise: float = 1.0, on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Chunked denoising in normalised latent space; returns the whole video latent ``[1, C, T, h, w]``.
+
+        ``chunk_frames``/``overlap_frames`` are pixel frames; ``temporal_frames`` latent frames before each later
+        chunk condition it. The noise of the whole video comes from one seeded generator, so overlapping chunks
+        share it. ``on_chunk(done, total)`` is called after each chunk.
+        """
+        if not 0.0 < denoise <= 1.0:
+            raise InputError(f"denoise must be in (0, 1], got {denoise}.")
+        if init_latents is not None and init_latents.shape != motion_latents.shape:
+            raise InputError(f"Frame count mismatch: init latents {list(init_latents.shape)}, motion latents "
+                             f"{list(motion_latents.shape)}.")
+        device, dtype = self.device, self.transformer.dtype
         generator = torch.Generator("cpu").manual_seed(int(seed))
-        noise = torch.randn(motion.shape, generator=generator, dtype=torch.float32).to(device, dtype)
-        chunks = plan_chunks(total, *pixel_to_latent_chunking(chunk_frames, overlap_frames))
-        assembler = ChunkAssembler(chunks, ref_latent, temporal_frames, use_spatial_latent)
+        noise = torch.randn(motion_latents.shape, generator=generator, dtype=torch.float32).to(device, dtype)
+        chunks = plan_chunks(motion_latents.shape[2], *pixel_to_latent_chunking(chunk_frames, overlap_frames))
+        assembler = ChunkAssembler(chunks, reference_latent.to(device, dtype), temporal_frames, use_spatial_latent)
         use_cfg = negative_prompt_embeds is not None and guidance_scale != 1.0
         text = torch.cat([negative_prompt_embeds, prompt_embeds]) if use_cfg else prompt_embeds
         text = text.to(device, dtype)
@@ -247,9 +263,10 @@ class EmoshPipeline:
             timesteps = self.scheduler.timesteps[first_step:]
             self.scheduler.set_begin_index(first_step)
             latents = noise[:, :, chunk.start:chunk.stop]
-            if init is not None and denoise < 1.0:
-                latents = self.scheduler.scale_noise(init[:, :, chunk.start:chunk.stop], timesteps[:1], latents)
-            chunk_motion = motion[:, :, chunk.start:chunk.stop]
+            if init_latents is not None and denoise < 1.0:
+                init_chunk = init_latents[:, :, chunk.start:chunk.stop].to(device, dtype)
+                latents = self.scheduler.scale_noise(init_chunk, timesteps[:1], latents)
+            chunk_motion = motion_latents[:, :, chunk.start:chunk.stop]
             for i, t in enumerate(timesteps):
                 model_in = self._model_input(torch.cat([latents, latents]) if use_cfg else latents)
                 pred = run_model_on_chunk(
@@ -263,5 +280,4 @@ class EmoshPipeline:
             assembler.add(chunk, latents)
             if on_chunk is not None:
                 on_chunk(chunk.index + 1, len(chunks))
-        video = self.decode_latents(assembler.output)[:num_frames] if decode else None
-        return EmoshOutput(assembler.output, video)
+        return assembler.output

@@ -1,0 +1,351 @@
+"""EMOSH generation on tiny random-weight diffusers Wan models (no downloads, no ComfyUI)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from emosh.errors import InputError, MissingModelError
+from emosh.generate.adapter import InjectionSchedule, MotionAdapter, inject_motion, step_progress
+from emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, plan_chunks,
+                                   run_model_on_chunk)
+
+TEXT_DIM = 32
+
+
+def tiny_transformer(seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
+                                 out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2,
+                                 rope_max_seq_len=64).eval()
+
+
+def tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def random_adapter(dim: int = 32, std: float = 0.2) -> MotionAdapter:
+    adapter = MotionAdapter(dim)
+    with torch.no_grad():
+        adapter.proj.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(7))
+    return adapter
+
+
+def tiny_pipeline(adapter: MotionAdapter | None = None):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from emosh.generate.pipeline import EmoshPipeline
+
+    return EmoshPipeline(tiny_transformer(), tiny_vae(), FlowMatchEulerDiscreteScheduler(shift=3.0),
+                         adapter or random_adapter())
+
+
+def moving_video(frames: int, size: int = 32) -> torch.Tensor:
+    """A smooth moving gradient ``[N, H, W, 3]`` in 0..1."""
+    t = torch.linspace(0, 1, frames).view(-1, 1, 1, 1)
+    y = torch.linspace(0, 1, size).view(1, -1, 1, 1)
+    x = torch.linspace(0, 1, size).view(1, 1, -1, 1)
+    return torch.cat([((x + t) % 1).expand(frames, size, size, 1), y.expand(frames, size, size, 1),
+                      (0.5 + 0.5 * torch.sin(6 * (x + y + t))).expand(frames, size, size, 1)], dim=-1)
+
+
+# ---------------------------------------------------------------- adapter
+
+
+def test_zero_adapter_leaves_transformer_output_bit_identical():
+    transformer = tiny_transformer()
+    x = torch.randn(1, 16, 3, 8, 8)
+    text = torch.randn(1, 6, TEXT_DIM)
+    t = torch.tensor([500.0])
+    motion = torch.randn(1, 16, 3, 8, 8)
+
+    def forward(inp):
+        return transformer(inp, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    with torch.no_grad():
+        base = forward(x)
+        out = run_model_on_chunk(forward, x, 16, transformer.patch_embedding, None, MotionAdapter(32), motion, 1.0)
+        injected = run_model_on_chunk(forward, x, 16, transformer.patch_embedding, None, random_adapter(), motion,
+                                      1.0)
+    assert torch.equal(out, base)
+    assert (injected - base).abs().max() > 1e-4
+    assert torch.equal(forward(x), base), "the hook must be removed after the call"
+
+
+def test_adapter_changes_only_noisy_tokens():
+    transformer = tiny_transformer()
+    cond = ChunkConditioning(torch.randn(1, 16, 2, 8, 8), 1, 0, 1)
+    noisy = torch.randn(1, 16, 3, 8, 8)
+    tokens = {}
+
+    def forward(inp):
+        handle = transformer.patch_embedding.register_forward_hook(lambda _m, _i, out: tokens.__setitem__("t", out))
+        try:
+            return transformer(inp, timestep=torch.tensor([300.0]), encoder_hidden_states=torch.zeros(1, 4, TEXT_DIM),
+                               return_dict=False)[0]
+        finally:
+            handle.remove()
+
+    with torch.no_grad():
+        out = run_model_on_chunk(forward, noisy, 16, transformer.patch_embedding, cond, MotionAdapter(32),
+                                 torch.randn(1, 16, 3, 8, 8), 1.0)
+        base_tokens = tokens["t"]
+        run_model_on_chunk(forward, noisy, 16, transformer.patch_embedding, cond, random_adapter(),
+                           torch.randn(1, 16, 3, 8, 8), 1.0)
+        new_tokens = tokens["t"]
+    assert out.shape == noisy.shape  # conditioning frames are dropped from the prediction
+    assert torch.equal(new_tokens[:, :, :2], base_tokens[:, :, :2]), "conditioning tokens must not change"
+    changed = (new_tokens[:, :, 2:] - base_tokens[:, :, 2:]).abs().amax(dim=(0, 1, 3, 4))
+    assert (changed > 1e-4).all(), "every noisy frame must receive motion"
+
+
+def test_schedule_and_step_progress():
+    schedule = InjectionSchedule(0.5, 0.2, 0.6)
+    assert [schedule.factor(i / 10) for i in range(10)] == [0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]
+    assert schedule.factor(None) == 0.5
+    sigmas = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    assert [step_progress(s, sigmas) for s in (1.0, 0.75, 0.6, 0.25)] == [0.0, 0.25, 0.25, 0.75]
+    with pytest.raises(InputError):
+        InjectionSchedule(1.0, 0.8, 0.2)
+
+
+def test_adapter_save_load_roundtrip_and_missing_file(tmp_path):
+    adapter = random_adapter()
+    path = tmp_path / "a.safetensors"
+    adapter.save(path)
+    loaded = MotionAdapter.load(path)
+    assert (loaded.dim, loaded.patch_size, loaded.latent_channels) == (32, (1, 2, 2), 16)
+    motion = torch.randn(1, 16, 2, 6, 6)
+    assert torch.equal(loaded(motion), adapter(motion))
+    with pytest.raises(MissingModelError, match="nope.safetensors"):
+        MotionAdapter.load(tmp_path / "nope.safetensors")
+
+
+def test_inject_motion_rejects_frame_count_mismatch():
+    conv = torch.nn.Conv3d(16, 32, (1, 2, 2), (1, 2, 2))
+    with inject_motion(conv, random_adapter(), torch.randn(1, 16, 2, 8, 8), 0, 1.0):
+        with pytest.raises(InputError, match="Frame count mismatch"):
+            conv(torch.randn(1, 16, 3, 8, 8))
+
+
+# ---------------------------------------------------------------- chunk planning and assembly
+
+
+@pytest.mark.parametrize("num,chunk,overlap", [(1, 5, 2), (5, 5, 0), (21, 6, 2), (22, 6, 2), (30, 7, 3), (13, 4, 3),
+                                               (50, 21, 0), (9, 3, 1)])
+def test_plan_covers_every_frame_once_with_overlaps(num, chunk, overlap):
+    chunks = plan_chunks(num, chunk, overlap)
+    assert chunks[0].start == 0 and chunks[-1].stop == num
+    for a, b in zip(chunks, chunks[1:]):
+        assert b.stop > a.stop and b.start > a.start
+        assert a.stop - b.start == overlap, "consecutive chunks overlap by exactly `overlap` frames"
+    assert all(c.length <= chunk for c in chunks)
+    total = torch.zeros(num)
+    for c in chunks:
+        assert (c.weights > 0).all()
+        total[c.start:c.stop] += c.weights
+    assert torch.allclose(total, torch.ones(num)), "blending weights must sum to 1 on every frame"
+    video = torch.randn(1, 2, num, 3, 3)
+    assembler = ChunkAssembler(chunks, torch.zeros(1, 2, 1, 3, 3), temporal_frames=min(1, chunk - overlap))
+    for c in chunks:
+        assembler.add(c, video[:, :, c.start:c.stop])
+    assert torch.allclose(assembler.output, video, atol=1e-6), "every frame appears exactly once in the output"
+
+
+def test_chunk_conditioning_order_and_mask():
+    chunks = plan_chunks(10, 4, 1)
+    reference = torch.full((1, 16, 1, 2, 2), 7.0)
+    assembler = ChunkAssembler(chunks, reference, temporal_frames=2)
+    first = assembler.conditioning(chunks[0])
+    assert first.num_frames == 1 and torch.equal(first.latents, reference)
+    out0 = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 16, 4, 2, 2)
+    assembler.add(chunks[0], out0)
+    second = assembler.conditioning(chunks[1])  # starts at 3: temporal = frames 1, 2 (finished), spatial = frame 0
+    assert (second.num_reference, second.num_spatial, second.num_temporal) == (1, 1, 2)
+    assert second.latents[0, 0, :, 0, 0].tolist() == [7.0, 0.0, 1.0, 2.0]
+    assert second.frame_mask(3).tolist() == [True] * 4 + [False] * 3
+    i2v_in = second.prepend(torch.zeros(1, 36, 3, 2, 2), 16)
+    assert i2v_in.shape == (1, 36, 7, 2, 2)
+    assert torch.equal(i2v_in[:, 16:20, :4], torch.ones(1, 4, 4, 2, 2)), "mask channels mark conditioning frames"
+    assert torch.equal(i2v_in[:, 16:20, 4:], torch.zeros(1, 4, 3, 2, 2))
+    with pytest.raises(InputError, match="temporal_frames"):
+        ChunkAssembler(chunks, reference, temporal_frames=4)
+
+
+# ---------------------------------------------------------------- diffusers pipeline
+
+
+def test_chunked_sampling_is_deterministic_and_continuous_at_seams():
+    pipe = tiny_pipeline()
+    control = moving_video(37)
+    reference = control[0].flip(1)
+    text = torch.randn(1, 6, TEXT_DIM, generator=torch.Generator().manual_seed(1))
+    args = dict(num_inference_steps=3, guidance_scale=3.0, chunk_frames=17, overlap_frames=8, seed=11)
+    out = pipe(reference, control, text, -text, **args)
+    again = pipe(reference, control, text, -text, **args)
+    other = pipe(reference, control, text, -text, **{**args, "seed": 12})
+    assert out.video.shape == (37, 32, 32, 3) and out.latents.shape == (1, 16, 10, 4, 4)
+    assert torch.equal(out.latents, again.latents) and torch.equal(out.video, again.video)
+    assert not torch.allclose(out.latents, other.latents)
+    chunks = plan_chunks(10, 5, 2)
+    assert len(chunks) >= 3
+    diffs = (out.latents[:, :, 1:] - out.latents[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))
+    seams = {c.start - 1 for c in chunks[1:]} | {c.stop - 1 for c in chunks[:-1]}
+    seam = max(float(diffs[i]) for i in seams)
+    within = [float(diffs[i]) for i in range(len(diffs)) if i not in seams]
+    assert seam <= max(within), f"seam jump {seam:.4f} exceeds within-chunk frame differences {within}"
+
+
+def test_motion_changes_generation_and_zero_strength_does_not():
+    pipe = tiny_pipeline()
+    control = moving_video(9)
+    text = torch.randn(1, 6, TEXT_DIM)
+    args = dict(num_inference_steps=2, guidance_scale=1.0, chunk_frames=9, overlap_frames=0, seed=3, decode=False)
+    base = pipe(control[0], control, text, schedule=InjectionSchedule(0.0), **args).latents
+    moved = pipe(control[0], control, text, **args).latents
+    zero_pipe = tiny_pipeline(MotionAdapter(32))
+    zero = zero_pipe(control[0], control, text, **args).latents
+    assert torch.equal(zero, base)
+    assert (moved - base).abs().max() > 1e-4
+
+
+def test_init_video_with_partial_denoise():
+    pipe = tiny_pipeline()
+    control = moving_video(9)
+    text = torch.randn(1, 6, TEXT_DIM)
+    out = pipe(control[0], control, text, init_video=control.flip(2), denoise=0.5, num_inference_steps=4,
+               guidance_scale=1.0, chunk_frames=9, overlap_frames=0)
+    assert torch.isfinite(out.latents).all() and out.video.shape == control.shape
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    control = moving_video(9)
+    with pytest.raises(InputError, match="Frame count mismatch"):
+        check_video_inputs(control, control[0], init_video=control[:5])
+    with pytest.raises(InputError, match="Wrong size"):
+        check_video_inputs(control, control[0, :16])
+    with pytest.raises(InputError, match="multiples of 16"):
+        check_video_inputs(control[:, :24], control[0, :24])
+    with pytest.raises(InputError, match="chunk"):
+        plan_chunks(10, 4, 4)
+    pipe = tiny_pipeline()
+    with pytest.raises(InputError, match="Wrong size"):
+        pipe(control[0, :16], control, torch.zeros(1, 4, TEXT_DIM), num_inference_steps=1)
+    from emosh.generate.pipeline import EmoshPipeline
+
+    with pytest.raises(MissingModelError, match="missing_model"):
+        EmoshPipeline.from_pretrained(tmp_path / "missing_model")
+    with pytest.raises(InputError, match="adapter"):
+        EmoshPipeline(tiny_transformer(), tiny_vae(), None)
+    with pytest.raises(InputError, match="does not fit"):
+        EmoshPipeline(tiny_transformer(), tiny_vae(), None, MotionAdapter(64))
+
+
+def test_pipeline_loads_diffusers_folder_and_single_file(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from emosh.generate.pipeline import EmoshPipeline
+
+    transformer, vae = tiny_transformer(), tiny_vae()
+    transformer.save_pretrained(tmp_path / "model" / "transformer", safe_serialization=True)
+    vae.save_pretrained(tmp_path / "model" / "vae", safe_serialization=True)
+    random_adapter().save(tmp_path / "adapter.safetensors")
+    pipe = EmoshPipeline.from_pretrained(tmp_path / "model", adapter=tmp_path / "adapter.safetensors")
+    assert torch.equal(pipe.transformer.patch_embedding.weight, transformer.patch_embedding.weight)
+    config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    save_file(transformer.state_dict(), str(tmp_path / "wan.safetensors"),
+              metadata={"config": json.dumps(config, default=list)})
+    single = EmoshPipeline.from_pretrained(tmp_path / "wan.safetensors", vae=tmp_path / "model" / "vae",
+                                           adapter=tmp_path / "adapter.safetensors")
+    x = torch.randn(1, 16, 2, 4, 4)
+    kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 3, TEXT_DIM), return_dict=False)
+    with torch.no_grad():
+        assert torch.equal(single.transformer(x, **kwargs)[0], transformer(x, **kwargs)[0])
+    with pytest.raises(MissingModelError, match="no_adapter.safetensors"):
+        EmoshPipeline.from_pretrained(tmp_path / "model", adapter=tmp_path / "no_adapter.safetensors")
+
+
+def test_wan_animate_transformer_uses_its_pose_embedding():
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanAnimateTransformer3DModel
+
+    from emosh.generate.pipeline import EmoshPipeline
+
+    torch.manual_seed(0)
+    transformer = WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=36, latent_channels=16,
+        out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2, image_dim=None,
+        rope_max_seq_len=64, motion_encoder_channel_sizes={"4": 16, "8": 16, "16": 16, "32": 16, "64": 16,
+                                                           "128": 16, "256": 16, "512": 16},
+        motion_encoder_size=16, motion_style_dim=16, motion_dim=4, motion_encoder_dim=16, face_encoder_hidden_dim=16,
+        face_encoder_num_heads=2, inject_face_latents_blocks=1).eval()
+    pipe = EmoshPipeline(transformer, tiny_vae(), FlowMatchEulerDiscreteScheduler())
+    assert pipe.adapter.proj is transformer.pose_patch_embedding
+    control = moving_video(9)
+    out = pipe(control[0], control, torch.zeros(1, 4, TEXT_DIM), num_inference_steps=2, guidance_scale=1.0,
+               chunk_frames=9, overlap_frames=0, decode=False)
+    assert torch.isfinite(out.latents).all()
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_two_training_steps_change_the_adapter(tmp_path):
+    from emosh.train import Sample, add_lora, save_lora, train
+
+    pipe = tiny_pipeline(MotionAdapter(32))
+    before = pipe.adapter.proj.weight.detach().clone()
+    video = moving_video(9)
+
+    def samples():
+        while True:
+            yield Sample(video, video.flip(2))
+
+    losses = train(pipe, samples(), steps=2, lr=1e-2, lora_rank=2, temporal_frames=1, log_every=0)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert (pipe.adapter.proj.weight - before).abs().max() > 0, "adapter weights did not change"
+    assert pipe.lora and any(layer.lora_b.abs().max() > 0 for layer in pipe.lora.values())
+    save_lora(pipe.lora, tmp_path / "lora.safetensors")
+    pipe.adapter.save(tmp_path / "adapter.safetensors")
+    assert MotionAdapter.load(tmp_path / "adapter.safetensors").proj.weight.abs().max() > 0
+    assert callable(add_lora)
+
+
+# ---------------------------------------------------------------- node schemas (no ComfyUI needed)
+
+
+def _load_node_module():
+    path = Path(__file__).resolve().parents[1] / "nodes" / "generate.py"
+    spec = importlib.util.spec_from_file_location("emosh_test_nodes_generate", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_node_schemas():
+    module = _load_node_module()
+    assert set(module.NODE_CLASS_MAPPINGS) == set(module.NODE_DISPLAY_NAME_MAPPINGS)
+    assert set(module.NODE_DISPLAY_NAME_MAPPINGS.values()) == {"Hybrid Motion Injector", "EMOSH Sampler"}
+    for cls in module.NODE_CLASS_MAPPINGS.values():
+        assert cls.CATEGORY == "EMOSH/generate" and cls.DESCRIPTION
+        assert callable(getattr(cls, cls.FUNCTION))
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+        inputs = cls.INPUT_TYPES()
+        for section in inputs.values():
+            for name, spec in section.items():
+                assert spec[1].get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
+                if spec[0] in ("INT", "FLOAT"):
+                    assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], name
+    assert module.EmoshSampler.RETURN_TYPES == ("LATENT", "IMAGE")
+    assert module.HybridMotionInjector.RETURN_TYPES == ("MODEL",)
