@@ -1,0 +1,1 @@
+"""EHM Tracker: mediapipe landmark detection (``detect``) and confidence-aware EHM fitting of those landmarks."""
