@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .errors import MissingModelError, UnsafePathError
 
@@ -63,3 +64,26 @@ def resolve_inside(path: str | os.PathLike, roots: Sequence[str | os.PathLike]) 
         f"Refusing path {str(path)!r}: it resolves to {resolved}, outside the allowed folders "
         f"{[str(r) for r in roots]}."
     )
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The hidden temporary name next to ``path`` that a file is written under before its final rename."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success, delete it on any failure.
+
+    A cancel (KeyboardInterrupt, ComfyUI interrupt) or an error therefore never leaves a half-written file under
+    the real name, and an earlier result with that name survives untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

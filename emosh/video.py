@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .paths import atomic_output, partial_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -74,7 +75,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             fps = float(stream.average_rate or stream.guessed_rate or 25)
             return VideoInfo(frames=int(stream.frames or 0), fps=fps, size=(stream.height, stream.width))
     except av.error.FFmpegError as exc:
-        raise InputError(f"Cannot read {path} as a video ({exc})") from exc
+        raise InputError(_undecodable(path, exc)) from exc
 
 
 def iter_frames(path: str | os.PathLike, start: int = 0, max_frames: int | None = None,
@@ -97,7 +98,7 @@ def iter_frames(path: str | os.PathLike, start: int = 0, max_frames: int | None 
                 yield resize_long_side(image, long_side) if long_side else image
                 produced += 1
     except av.error.FFmpegError as exc:
-        raise InputError(f"Cannot decode {path} as a video ({exc})") from exc
+        raise InputError(_undecodable(path, exc)) from exc
     if produced == 0:
         raise InputError(f"{path} contains no decodable frames" + (f" from frame {start}" if start else ""))
 
@@ -126,7 +127,7 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
+        self._tmp = partial_path(self.path if self.path.suffix else self.path.with_suffix(".mp4"))
         self._fps = Fraction(fps).limit_denominator(1001)
         self._crf = crf
         self._container = None
@@ -154,18 +155,21 @@ class VideoWriter:
         self.frames += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        finished = False
         try:
             if exc_type is None and self._stream is not None:
                 for packet in self._stream.encode():
                     self._container.mux(packet)
-        finally:
             self._container.close()
-        if exc_type is None and self.frames > 0:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
-            if exc_type is None:
-                raise InputError(f"No frames were written to {self.path}")
+            finished = exc_type is None and self.frames > 0
+            if finished:
+                os.replace(self._tmp, self.path)
+        finally:
+            if not finished:  # cancelled, failed or empty: the temporary file goes, a previous result stays
+                self._container.close()
+                self._tmp.unlink(missing_ok=True)
+        if exc_type is None and self.frames == 0:
+            raise InputError(f"No frames were written to {self.path}")
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float) -> Path:
@@ -178,12 +182,17 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     """PNG/JPEG, written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    if not cv2.imwrite(str(tmp), to_rgb(image)[..., ::-1]):
-        raise InputError(f"Cannot write image {path} (unsupported extension?)")
-    os.replace(tmp, path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"Cannot write image {path}: use one of {sorted(IMAGE_SUFFIXES)}")
+    with atomic_output(path) as tmp:
+        if not cv2.imwrite(str(tmp), to_rgb(image)[..., ::-1]):
+            raise InputError(f"Cannot write image {path} (disk full or folder not writable?)")
     return path
+
+
+def _undecodable(path: Path, exc: Exception) -> str:
+    return (f"Cannot decode {path}: the file is truncated, corrupt or not a video ({exc}). "
+            f"Re-export it as an .mp4 (H.264) or choose another file.")
 
 
 def _existing(path: str | os.PathLike) -> Path:
