@@ -1,0 +1,185 @@
+"""Keypoint drawing in the OpenPose/DWPose style (the fine half of the hybrid signal, and the keypoints-only
+control for Wan-Animate / UniAnimate / DWPose-trained models).
+
+Follows ``shared/docs/pose-drawing.md``: limbs are filled ellipses at 0.6 × palette colour, joints filled circles,
+hand bones lines in HSV colours with blue joints, integer-truncated coordinates, no anti-aliasing, fixed draw order
+(limbs, joints, left hand, right hand, face). Visibility comes from the z-buffer (:func:`keypoint_visibility`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .. import keypoints as kp
+from .raster import Fragments
+
+
+@dataclass(frozen=True)
+class PoseStyle:
+    """How one consumer expects its pose frames drawn (see pose-drawing.md §7)."""
+
+    name: str
+    toes: str | None  # key of ``keypoints.TOE_COLORS`` or None for OpenPose-18 only
+    face: str  # "none", "dots" (DWPose 68 white dots) or "contours" (hybrid brows, eyes, pupils, lips)
+    fixed_widths: tuple[int, int, int, int] | None  # (stick half-width, joint r, hand line, hand joint r) or auto
+    swap_rb: bool = False  # UniAnimate reads its pose PNGs with R and B swapped
+    head: bool = True  # OpenPose nose/eye/ear joints and limbs (the hybrid draws face contours instead)
+    hand_joint_color: tuple[int, int, int] = kp.HAND_JOINT_COLOR
+
+    def widths(self, height: int, width: int) -> tuple[int, int, int, int]:
+        if self.fixed_widths is not None:
+            return self.fixed_widths
+        stick = max(int(min(height, width) / 200) - 1, 1)  # Wan-Animate "v2" widths
+        hand = max(stick // 2, 1)
+        return stick, stick, hand, hand
+
+
+STYLES: dict[str, PoseStyle] = {
+    "wan_animate": PoseStyle("wan_animate", toes="wan", face="none", fixed_widths=None),
+    "dwpose": PoseStyle("dwpose", toes=None, face="dots", fixed_widths=(4, 4, 2, 4)),
+    "unianimate": PoseStyle("unianimate", toes="unianimate", face="none", fixed_widths=(4, 4, 2, 4), swap_rb=True),
+    # The EMOSH hybrid signal: thin Wan-style skeleton with white hand joints and face contours, over the mesh.
+    "hybrid": PoseStyle("hybrid", toes="wan", face="contours", fixed_widths=None, hand_joint_color=(255, 255, 255),
+                        head=False),
+}
+
+# Depth slack (metres) within which a keypoint counts as on the visible surface: surface points sit on it,
+# finger joints lie about a finger radius below it.
+_SURFACE_TOLERANCE = 0.03
+
+
+def own_part_table(part_names: list[str], device: torch.device) -> torch.Tensor:
+    """[553, P] bool: body parts through whose visible surface a joint-like landmark still counts as visible."""
+    table = torch.zeros(len(kp.landmark_names()), len(part_names), dtype=torch.bool, device=device)
+    for index, parts in kp.BODY_OWN_PARTS.items():
+        for part in parts:
+            table[index, part_names.index(part)] = True
+    for side, start in (("l", kp.LEFT_HAND), ("r", kp.RIGHT_HAND)):
+        table[start:start + len(kp.HAND_NAMES), part_names.index(f"hand_{side}")] = True
+    return table
+
+
+def keypoint_visibility(fragments: Fragments, pixels: torch.Tensor, depth: torch.Tensor, part_labels: torch.Tensor,
+                        faces: torch.Tensor, own_parts: torch.Tensor) -> torch.Tensor:
+    """[B, N] bool: a keypoint is drawn when it lies in the image and is not hidden behind the body.
+
+    Hidden means: the visible surface at its pixel is more than ``_SURFACE_TOLERANCE`` nearer than the keypoint
+    and belongs to a part other than the keypoint's own (an elbow is seen through its own arm, never through the
+    torso; face points are surface points and use the depth test alone).
+    """
+    batch, height, width = fragments.face_id.shape
+    col = pixels[..., 0].floor().long()
+    row = pixels[..., 1].floor().long()
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (depth > 0)
+    flat = torch.arange(batch, device=pixels.device)[:, None] * (height * width)
+    flat = flat + row.clamp(0, height - 1) * width + col.clamp(0, width - 1)
+    surface_depth = fragments.depth.reshape(-1)[flat]
+    surface_face = fragments.face_id.reshape(-1)[flat]
+    surface_part = part_labels[faces[surface_face.clamp(min=0), 0]]
+    in_front = depth <= surface_depth + _SURFACE_TOLERANCE
+    through_own = own_parts[torch.arange(pixels.shape[1], device=pixels.device)[None, :], surface_part]
+    through_own &= surface_face >= 0
+    return inside & (in_front | through_own)
+
+
+def _color(rgb: tuple[int, int, int], scale: float = 1.0) -> tuple[int, int, int]:
+    return tuple(int(c * scale) for c in rgb)
+
+
+def _limb(canvas: np.ndarray, p: np.ndarray, q: np.ndarray, half_width: int, color: tuple[int, int, int]) -> None:
+    """Filled ellipse from p to q, tapering at the joints (the OpenPose limb)."""
+    length = math.hypot(p[0] - q[0], p[1] - q[1])
+    angle = math.degrees(math.atan2(p[1] - q[1], p[0] - q[0]))
+    centre = (int((p[0] + q[0]) / 2), int((p[1] + q[1]) / 2))
+    polygon = cv2.ellipse2Poly(centre, (int(length / 2), half_width), int(angle), 0, 360, 1)
+    cv2.fillConvexPoly(canvas, polygon, color)
+
+
+def _pt(p: np.ndarray) -> tuple[int, int]:
+    return int(p[0]), int(p[1])
+
+
+def draw_body(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style: PoseStyle) -> None:
+    """Body-20 points [20, 2] (OpenPose order + toes) → limbs, then joints."""
+    stick, joint_r, _, _ = style.widths(*canvas.shape[:2])
+    n_limbs = 19 if style.toes else 17
+    toe = kp.TOE_COLORS.get(style.toes or "", ())
+    for i, (a, b) in enumerate(kp.OPENPOSE_LIMBS[:n_limbs]):
+        if visible[a] and visible[b] and (style.head or i not in kp.OPENPOSE_HEAD_LIMBS):
+            color = kp.OPENPOSE_COLORS[i] if i < 17 else toe[i - 17]
+            _limb(canvas, points[a], points[b], stick, _color(color, kp.LIMB_DIM))
+    n_joints = 20 if style.toes else 18
+    for j in range(n_joints):
+        if visible[j] and (style.head or j not in kp.OPENPOSE_HEAD_JOINTS):
+            color = kp.OPENPOSE_COLORS[j] if j < 18 else toe[j - 16]
+            cv2.circle(canvas, _pt(points[j]), joint_r, _color(color), thickness=-1)
+
+
+def draw_hand(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style: PoseStyle) -> None:
+    """One 21-point hand: HSV-coloured bones, then joints."""
+    _, _, line, joint_r = style.widths(*canvas.shape[:2])
+    for e, (a, b) in enumerate(kp.HAND_BONES):
+        if visible[a] and visible[b]:
+            cv2.line(canvas, _pt(points[a]), _pt(points[b]), kp.HAND_BONE_COLORS[e], thickness=line)
+    for j in range(len(kp.HAND_NAMES)):
+        if visible[j]:
+            cv2.circle(canvas, _pt(points[j]), joint_r, style.hand_joint_color, thickness=-1)
+
+
+def draw_face_contours(canvas: np.ndarray, face: np.ndarray, visible: np.ndarray) -> None:
+    """Hybrid face: eyebrows, eye contours with pupils clipped to the eye opening, outer and inner lips."""
+    thickness = max(1, round(min(canvas.shape[:2]) / 512))
+    for side in ("right", "left"):
+        _draw_pupil(canvas, face, visible, side)
+    for name, polylines in kp.FACE_CONTOURS.items():
+        for line in polylines:
+            for a, b in zip(line[:-1], line[1:]):
+                if visible[a] and visible[b]:
+                    cv2.line(canvas, _pt(face[a]), _pt(face[b]), kp.FACE_COLORS[name], thickness, cv2.LINE_AA)
+
+
+def _draw_pupil(canvas: np.ndarray, face: np.ndarray, visible: np.ndarray, side: str) -> None:
+    """Iris disc in the eye colour with a dark pupil, drawn only inside the eye opening (so a blink hides it)."""
+    contour = kp.FACE_CONTOURS[f"{side}_eye"][0]
+    centre, ring = kp.IRIS_CENTRE[side], kp.IRIS_RING[side]
+    if not (visible[centre] and all(visible[i] for i in contour)):
+        return
+    radius = float(np.linalg.norm(face[ring] - face[centre], axis=1).mean())
+    eye = np.round(face[contour]).astype(np.int32)
+    x0, y0 = np.maximum(eye.min(axis=0) - 1, 0)
+    x1, y1 = np.minimum(eye.max(axis=0) + 2, [canvas.shape[1], canvas.shape[0]])
+    if x1 <= x0 or y1 <= y0 or radius < 0.5:
+        return
+    opening = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(opening, [eye - [x0, y0]], 255)
+    disc = np.zeros_like(opening)
+    c = (int(round(face[centre][0] - x0)), int(round(face[centre][1] - y0)))
+    cv2.circle(disc, c, max(1, int(round(radius))), 255, thickness=-1)
+    pupil = np.zeros_like(opening)
+    cv2.circle(pupil, c, max(1, int(round(radius * 0.45))), 255, thickness=-1)
+    roi = canvas[y0:y1, x0:x1]
+    roi[(disc > 0) & (opening > 0)] = kp.FACE_COLORS[f"{side}_eye"]
+    roi[(pupil > 0) & (opening > 0)] = kp.FACE_COLORS[f"{side}_pupil"]
+
+
+def draw_frame(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style: PoseStyle) -> np.ndarray:
+    """Draw one frame's 553-layout keypoints [553, 2] (pixels) with visibility [553] onto an RGB uint8 canvas."""
+    body, body_visible = kp.to_openpose(torch.from_numpy(points), torch.from_numpy(visible))
+    draw_body(canvas, body.numpy(), body_visible.numpy(), style)
+    for start in (kp.LEFT_HAND, kp.RIGHT_HAND):
+        stop = start + len(kp.HAND_NAMES)
+        draw_hand(canvas, points[start:stop], visible[start:stop], style)
+    if style.face == "dots":
+        face68, face68_visible = kp.to_face68(torch.from_numpy(points), torch.from_numpy(visible))
+        for p, v in zip(face68.numpy(), face68_visible.numpy()):
+            if v:
+                cv2.circle(canvas, _pt(p), 3, (255, 255, 255), thickness=-1)
+    elif style.face == "contours":
+        draw_face_contours(canvas, points[kp.FACE:], visible[kp.FACE:])
+    if style.swap_rb:
+        canvas[:] = canvas[..., ::-1]
+    return canvas

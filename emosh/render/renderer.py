@@ -1,0 +1,145 @@
+"""Mesh Condition Renderer: an ``EHMTrack`` → control frames (hybrid, keypoints, normal, depth, mask, parts).
+
+Frames stream in batches, so a long track needs memory for one batch only. Each batch: body model forward →
+camera (:mod:`emosh.body.camera`) → z-buffer (:mod:`emosh.render.raster`) → maps (:mod:`emosh.render.shading`);
+keypoints come from the one landmark source, ``emosh.track.correspondence.mesh_landmarks``, and are drawn with
+OpenCV (:mod:`emosh.render.draw`) after a visibility test against the z-buffer.
+
+Output size: rendering at ``width × height`` different from ``track.image_size`` scales the focal length by
+``max(width / W, height / H)`` about the image centre, i.e. the track's frame is resized to cover the output and
+centre-cropped (ComfyUI's "center" crop resize), so controls line up with a driving video resized the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..body.camera import project_camera_points, to_camera
+from ..body.model import BodyModel
+from ..body.track import EHMTrack
+from . import draw, shading
+from .raster import rasterize
+
+MODES = ("hybrid", "keypoints", "normal", "depth", "mask", "parts")
+
+
+@dataclass
+class RenderBatch:
+    """Frames ``start .. start + count`` of every requested mode: [n, H, W, 3] float in [0, 1] (mask: [n, H, W])."""
+
+    start: int
+    frames: dict[str, torch.Tensor]
+
+
+def output_focal(track: EHMTrack, height: int, width: int) -> torch.Tensor:
+    """Per-frame focal length [T] for rendering the track at ``height × width`` (cover + centre crop)."""
+    h, w = track.image_size
+    return track.focal * max(width / w, height / h)
+
+
+def render_track(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hybrid",), width: int | None = None,
+                 height: int | None = None, batch_size: int = 16, device: torch.device | str | None = None,
+                 keypoint_style: str = "wan_animate") -> Iterator[RenderBatch]:
+    """Yield :class:`RenderBatch` es of ``modes`` for every frame of ``track``.
+
+    ``width``/``height`` default to the track's image size. ``keypoint_style`` picks the drawing of the
+    ``keypoints`` mode (a key of :data:`emosh.render.draw.STYLES`: wan_animate, dwpose, unianimate).
+    """
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown render modes {unknown}; choose from {MODES}")
+    if keypoint_style not in draw.STYLES or keypoint_style == "hybrid":
+        raise ValueError(f"unknown keypoint style {keypoint_style!r}; choose from "
+                         f"{[s for s in draw.STYLES if s != 'hybrid']}")
+    track.check_backend(model.backend)
+    height = int(height or track.image_size[0])
+    width = int(width or track.image_size[1])
+    device = torch.device(device) if device is not None else model.device
+    renderer = _FrameRenderer(model, height, width, device)
+    focal = output_focal(track, height, width)
+    for start in range(0, track.num_frames, batch_size):
+        part = track.frames(start, start + batch_size).to(device)
+        yield RenderBatch(start, renderer.render(part, focal[start:start + batch_size].to(device), modes,
+                                                 keypoint_style))
+
+
+def render_all(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hybrid",), **kwargs) -> dict[str, torch.Tensor]:
+    """Every frame of ``modes`` concatenated (convenient for short tracks; use :func:`render_track` for long ones)."""
+    chunks: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
+    for batch in render_track(model, track, modes, **kwargs):
+        for mode, frames in batch.frames.items():
+            chunks[mode].append(frames)
+    return {mode: torch.cat(frames) for mode, frames in chunks.items()}
+
+
+class _FrameRenderer:
+    """Per-call constants (faces, colours, visibility tables) on the render device."""
+
+    def __init__(self, model: BodyModel, height: int, width: int, device: torch.device):
+        self.model = model
+        self.size = (height, width)
+        self.device = device
+        self.faces = model.faces.to(device)
+        self.part_labels = model.part_labels.to(device)
+        self.colors = shading.semantic_colors(model).to(device)
+        self.own_parts = draw.own_part_table(model.part_names, device)
+
+    def render(self, track: EHMTrack, focal: torch.Tensor, modes: Sequence[str],
+               keypoint_style: str) -> dict[str, torch.Tensor]:
+        from ..track.correspondence import mesh_landmarks
+
+        output, cam, fragments = rasterize_track(self.model, track, focal, self.size, self.device)
+        with torch.no_grad():
+            out: dict[str, torch.Tensor] = {}
+            if "hybrid" in modes or "normal" in modes:
+                cam_normals = shading.vertex_normals(cam, self.faces)
+                color, normals = shading.surface_maps(fragments, self.faces, self.colors, cam_normals)
+                if "hybrid" in modes:
+                    out["hybrid"] = shading.shaded(fragments, color, normals)
+                if "normal" in modes:
+                    out["normal"] = shading.normal_map(fragments, normals)
+            if "depth" in modes:
+                out["depth"] = shading.depth_map(fragments)
+            if "mask" in modes:
+                out["mask"] = fragments.mask.float()
+            if "parts" in modes:
+                out["parts"] = shading.parts_map(fragments, self.faces, self.part_labels)
+            if "hybrid" in modes or "keypoints" in modes:
+                landmarks = to_camera(mesh_landmarks(self.model, output).to(self.device), track.cam_R, track.cam_t)
+                kp_pixels = project_camera_points(landmarks, focal, self.size)
+                visible = draw.keypoint_visibility(fragments, kp_pixels, landmarks[..., 2], self.part_labels,
+                                                   self.faces, self.own_parts)
+                self._draw(out, modes, keypoint_style, kp_pixels, visible)
+        return {m: out[m] for m in modes}
+
+    def _draw(self, out: dict[str, torch.Tensor], modes: Sequence[str], style: str, pixels: torch.Tensor,
+              visible: torch.Tensor) -> None:
+        """OpenCV drawing needs host arrays: one transfer per batch, then back to the render device."""
+        points, vis = pixels.cpu().numpy(), visible.cpu().numpy()
+        if "hybrid" in modes:
+            canvases = (out["hybrid"] * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+            for i in range(canvases.shape[0]):
+                draw.draw_frame(canvases[i], points[i], vis[i], draw.STYLES["hybrid"])
+            out["hybrid"] = torch.from_numpy(canvases).to(self.device).float() / 255.0
+        if "keypoints" in modes:
+            height, width = self.size
+            canvases = np.zeros((points.shape[0], height, width, 3), np.uint8)
+            for i in range(canvases.shape[0]):
+                draw.draw_frame(canvases[i], points[i], vis[i], draw.STYLES[style])
+            out["keypoints"] = torch.from_numpy(canvases).to(self.device).float() / 255.0
+
+
+def rasterize_track(model: BodyModel, track: EHMTrack, focal: torch.Tensor, size: tuple[int, int],
+                    device: torch.device | None = None):
+    """Pose, project and z-buffer every frame of ``track`` (keep it short): (body output, camera points, fragments)."""
+    device = device or model.device
+    with torch.no_grad():
+        output = model(track.shape, **track.motion())
+        cam = to_camera(output.vertices.to(device), track.cam_R.to(device), track.cam_t.to(device))
+        pixels = project_camera_points(cam, focal.to(device), size)
+        fragments = rasterize(torch.cat([pixels, cam[..., 2:]], dim=-1), model.faces.to(device), size,
+                              cull_backfaces=True)
+    return output, cam, fragments

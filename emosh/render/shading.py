@@ -1,0 +1,131 @@
+"""Per-pixel maps from rasterised fragments: semantic colour × lighting (the coarse half of the hybrid signal),
+normals, depth, mask and part colours.
+
+Semantic colour: every vertex gets a fixed colour from its position on the canonical (average-shape, rest-pose)
+body, so the same surface point has the same colour in every pose and for every body shape; the generator reads
+body orientation and part identity from it. The gradient follows the paper figure: green head and shoulders, cyan
+and blue torso, blue-violet hips and legs, the subject's left arm shading toward yellow.
+"""
+from __future__ import annotations
+
+import colorsys
+
+import torch
+
+from ..body.model import BodyModel
+from .raster import Fragments, interpolate
+
+# Hue (degrees) by normalised height: magenta feet, violet hips, blue chest, green shoulders and head.
+_HUE_BY_HEIGHT = ((0.0, 300.0), (0.5, 250.0), (0.7, 205.0), (0.85, 150.0), (1.0, 135.0))
+_semantic_cache: dict[tuple[str, str], torch.Tensor] = {}
+
+# Light in camera coordinates (x right, y down, z forward): from the camera, slightly above and to the left.
+_LIGHT_DIR = (-0.35, -0.45, -0.82)
+_AMBIENT = 0.5
+_DIFFUSE = 0.55
+
+
+def semantic_colors(model: BodyModel) -> torch.Tensor:
+    """[V, 3] float RGB in [0, 1]: the fixed colour of each vertex (cached per model and device)."""
+    key = (model.backend, str(model.device))
+    if key not in _semantic_cache:
+        with torch.no_grad():
+            rest = model.rest().vertices[0]
+        height = rest[:, model.up_axis]
+        u = (height - height.min()) / (height.max() - height.min())  # 0 feet .. 1 top of head
+        # World x is the subject's left for both backends (Anny faces -Y with Z up, SMPL-X faces +Z with Y up).
+        x = rest[:, 0] / rest[:, 0].abs().max()  # -1 .. 1
+        base = _interp(u, _HUE_BY_HEIGHT)
+        hue_deg = base - 140.0 * x.clamp(min=0) ** 1.2 - 75.0 * (-x).clamp(min=0) ** 1.2
+        hue = (hue_deg % 360.0) / 360.0
+        _semantic_cache[key] = hsv_to_rgb(hue, torch.full_like(hue, 0.62), torch.full_like(hue, 0.95))
+    return _semantic_cache[key]
+
+
+def _interp(u: torch.Tensor, knots: tuple[tuple[float, float], ...]) -> torch.Tensor:
+    """Piecewise-linear function through ``knots`` (x ascending) evaluated at ``u``."""
+    xs = u.new_tensor([k[0] for k in knots])
+    ys = u.new_tensor([k[1] for k in knots])
+    i = torch.searchsorted(xs, u.clamp(xs[0], xs[-1]).contiguous(), right=True).clamp(1, len(knots) - 1)
+    t = (u - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return ys[i - 1] + t.clamp(0, 1) * (ys[i] - ys[i - 1])
+
+
+def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Vectorised HSV → RGB for [N] tensors with h, s, v in [0, 1] → [N, 3]."""
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.long() % 6
+    table = torch.stack([
+        torch.stack([v, t, p], -1), torch.stack([q, v, p], -1), torch.stack([p, v, t], -1),
+        torch.stack([p, q, v], -1), torch.stack([t, p, v], -1), torch.stack([v, p, q], -1),
+    ], dim=1)  # [N, 6, 3]
+    return table[torch.arange(h.shape[0], device=h.device), i]
+
+
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals [B, V, 3] (right-handed winding, outward for the body models)."""
+    tri = vertices[:, faces]  # [B, F, 3, 3]
+    face_n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
+    normals = torch.zeros_like(vertices)
+    for k in range(3):
+        normals.index_add_(1, faces[:, k], face_n)
+    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
+
+
+def surface_maps(fragments: Fragments, faces: torch.Tensor, colors: torch.Tensor,
+                 cam_normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolated per-pixel colour [B, H, W, 3] and unit camera-space normal [B, H, W, 3] in one pass."""
+    batch = cam_normals.shape[0]
+    attributes = torch.cat([colors.expand(batch, -1, -1), cam_normals], dim=-1)
+    maps = interpolate(fragments, faces, attributes)
+    return maps[..., :3], torch.nn.functional.normalize(maps[..., 3:], dim=-1, eps=1e-12)
+
+
+def lambert(normals: torch.Tensor) -> torch.Tensor:
+    """Ambient + diffuse intensity [B, H, W, 1] for camera-space normals (two-sided, so thin parts stay lit)."""
+    light = normals.new_tensor(_LIGHT_DIR)
+    light = light / light.norm()
+    return _AMBIENT + _DIFFUSE * (normals @ light).abs()[..., None]
+
+
+def shaded(fragments: Fragments, color: torch.Tensor, normals: torch.Tensor,
+           background: float = 1.0) -> torch.Tensor:
+    """Semantic colour × lighting over a flat ``background`` → [B, H, W, 3] float in [0, 1]."""
+    image = (color * lambert(normals)).clamp(0.0, 1.0)
+    return torch.where(fragments.mask[..., None], image, torch.full_like(image, background))
+
+
+def normal_map(fragments: Fragments, normals: torch.Tensor) -> torch.Tensor:
+    """Normals as colours in the usual normal-map convention (x right, y up, z toward the viewer → RGB 0..1);
+    background black."""
+    flipped = normals * normals.new_tensor([1.0, -1.0, -1.0])
+    image = flipped * 0.5 + 0.5
+    return torch.where(fragments.mask[..., None], image, torch.zeros_like(image))
+
+
+def depth_map(fragments: Fragments) -> torch.Tensor:
+    """Inverse depth normalised per frame over the body (near = 1, far = 0.1; background 0), MiDaS-like."""
+    mask = fragments.mask
+    inv = torch.where(mask, 1.0 / fragments.depth, torch.zeros_like(fragments.depth))
+    flat = inv.flatten(1)
+    hi = flat.amax(dim=1).view(-1, 1, 1)
+    lo = torch.where(mask, inv, torch.full_like(inv, float("inf"))).flatten(1).amin(dim=1).view(-1, 1, 1)
+    scaled = 0.1 + 0.9 * (inv - lo) / (hi - lo).clamp(min=1e-12)
+    return torch.where(mask, scaled, torch.zeros_like(inv))[..., None].expand(-1, -1, -1, 3)
+
+
+def part_palette(num_parts: int, device: torch.device) -> torch.Tensor:
+    """[P, 3] distinct, fixed colours for body parts (evenly spaced hues, alternating brightness)."""
+    colours = [colorsys.hsv_to_rgb(i / num_parts, 0.85, 1.0 if i % 2 == 0 else 0.7) for i in range(num_parts)]
+    return torch.tensor(colours, device=device, dtype=torch.float32)
+
+
+def parts_map(fragments: Fragments, faces: torch.Tensor, part_labels: torch.Tensor) -> torch.Tensor:
+    """Part-label colour of the visible face's first corner [B, H, W, 3]; background black."""
+    palette = part_palette(int(part_labels.max()) + 1, part_labels.device)
+    face_part = part_labels[faces[:, 0]]
+    idx = face_part[fragments.face_id.clamp(min=0)]
+    image = palette[idx]
+    return torch.where(fragments.mask[..., None], image, torch.zeros_like(image))
