@@ -441,3 +441,76 @@ class TestBodyDeterminismAndThreads:
             assert torch.equal(results[i], expected), f"thread {i} differs from the sequential call"
         assert _body_state(anny) == before, "a forward call mutated the cached body model"
         assert load_body_model("anny", "cpu") is anny
+
+
+# ====================================================================== 1. inputs: what the detector sees
+@pytest.fixture(scope="module")
+def photo_detector():
+    from emosh.track.detect import Detector, holistic_available
+
+    if not holistic_available():
+        pytest.skip("mediapipe holistic is not installed")
+    with Detector(static_image=True) as detector:
+        yield detector
+
+
+@pytest.fixture(scope="module")
+def astronaut(astronaut_path) -> np.ndarray:
+    return video.read_image(astronaut_path)
+
+
+def _chelsea_cat() -> np.ndarray:
+    """scikit-image's photo of a cat: a real picture with no person in it."""
+    import skimage
+
+    return video.read_image(Path(skimage.__file__).parent / "data" / "chelsea.png")
+
+
+class TestDetectorInputs:
+    def test_image_with_no_person(self, photo_detector):
+        det = photo_detector(_chelsea_cat())
+        assert not det.found and det.num_people == 0
+        assert not det.confidence.any() and not det.landmarks.any()
+
+    def test_two_people_tracks_the_largest_with_a_warning(self, photo_detector, astronaut):
+        from emosh.track.detect import MultiplePeopleWarning
+
+        small = video.resize_long_side(astronaut, 256)
+        pair = np.full((512, 768, 3), 255, np.uint8)
+        pair[:, :512] = astronaut
+        pair[256:, 512:] = small
+        with pytest.warns(MultiplePeopleWarning, match="2 people are visible; tracking only the largest"):
+            det = photo_detector(pair)
+        assert det.num_people == 2
+        seen = det.confidence > 0.5
+        assert seen.sum() > 100 and (det.landmarks[seen, 0] < 512).all(), "landmarks must be on the large person"
+
+    @pytest.mark.parametrize("size", [64, 3840])
+    def test_tiny_and_4k_frames_map_back_to_input_pixels(self, photo_detector, astronaut, size):
+        import cv2
+
+        base = photo_detector(astronaut)
+        frame = cv2.resize(astronaut, (size, size), interpolation=cv2.INTER_AREA if size < 512 else cv2.INTER_LINEAR)
+        det = photo_detector(frame)
+        assert det.part_found("body") and det.part_found("face")
+        nose_base, nose = base.landmarks[0] * (size / 512), det.landmarks[0]
+        assert np.abs(nose - nose_base).max() < 0.05 * size, (nose, nose_base)
+
+    @pytest.mark.parametrize("kind", ["gray2d", "rgba", "float01"])
+    def test_gray_rgba_float_frames_accepted(self, photo_detector, astronaut, kind):
+        import cv2
+
+        if kind == "gray2d":
+            frame = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+        elif kind == "rgba":
+            frame = np.concatenate([astronaut, np.full(astronaut.shape[:2] + (1,), 255, np.uint8)], -1)
+        else:
+            frame = astronaut.astype(np.float32) / 255.0
+        det = photo_detector(frame)
+        assert det.part_found("body") and det.part_found("face")
+
+    def test_nan_frame_refused(self, photo_detector):
+        frame = np.full((64, 64, 3), 0.5, np.float32)
+        frame[5, 5] = np.nan
+        with pytest.raises(InputError, match="NaN or Inf"):
+            photo_detector(frame)
