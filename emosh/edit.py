@@ -1,0 +1,284 @@
+"""Artist edits of a tracked performance (Track Edit) and mixing parts of several performances (Track Mix).
+
+Everything works on ``EHMTrack`` values and returns new tracks; body-model specifics (which pose rows are fingers,
+which facial coefficients are the jaw) come from the model's own labels, so both backends are handled by one code
+path. Rotations are blended on the rotation manifold (roma), never by averaging axis-angle vectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import roma
+import torch
+
+from .body.model import BodyModel
+from .body.track import LANDMARK_GROUPS, EHMTrack
+from .errors import InputError
+
+FACE_PARTS = ("expression", "jaw", "eyes", "head")
+_HAND_WORDS = ("finger", "metacarpal", "wrist", "thumb", "index", "middle", "ring", "pinky")
+_HEAD_WORDS = ("neck", "head")
+
+
+# ---------------------------------------------------------------------------------------------- label groups
+def hand_joints(model: BodyModel) -> list[int]:
+    """Pose rows of the wrists and every finger joint (both hands)."""
+    return [i for i, name in enumerate(model.pose_labels) if any(w in name.lower() for w in _HAND_WORDS)]
+
+
+def head_joints(model: BodyModel) -> list[int]:
+    """Pose rows that turn the head relative to the torso (neck chain + head)."""
+    return [i for i, name in enumerate(model.pose_labels) if any(name.lower().startswith(w) for w in _HEAD_WORDS)]
+
+
+def eye_joints(model: BodyModel) -> list[int]:
+    return [i for i, name in enumerate(model.pose_labels) if "eye" in name.lower()]
+
+
+def jaw_joints(model: BodyModel) -> list[int]:
+    return [i for i, name in enumerate(model.pose_labels) if "jaw" in name.lower()]
+
+
+def expression_groups(model: BodyModel) -> dict[str, list[int]]:
+    """Facial coefficients split into jaw, eye gaze and the rest (ARKit names; FLAME's are all "expression")."""
+    jaw, eyes, rest = [], [], []
+    for i, name in enumerate(model.expression_labels):
+        if name.startswith("jaw"):
+            jaw.append(i)
+        elif name.startswith("eyeLook"):
+            eyes.append(i)
+        else:
+            rest.append(i)
+    return {"jaw": jaw, "eyes": eyes, "expression": rest}
+
+
+# ---------------------------------------------------------------------------------------------- rotation helpers
+def scale_rotations(rotvec: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
+    """Rotations moved from the rest pose (identity) by ``factor`` of their angle: 0 = rest, 1 = as is, 2 = double."""
+    return rotvec * factor
+
+
+def slerp_rotvec(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-element geodesic interpolation a→b; ``weight`` broadcasts over the leading dimensions of a [..., 3]."""
+    delta = roma.rotvec_composition([roma.rotvec_inverse(a), b])
+    return roma.rotvec_composition([a, delta * weight[..., None]])
+
+
+# ---------------------------------------------------------------------------------------------- time resampling
+def resample(track: EHMTrack, times: torch.Tensor) -> EHMTrack:
+    """The track evaluated at ``times`` (seconds from its first frame); times outside the clip hold the end frames.
+
+    Positions, coefficients and confidences are interpolated linearly, rotations (pose, orientation, camera) by
+    slerp; a resampled frame counts as detected only if both source frames were.
+    """
+    if times.dim() != 1 or times.numel() < 1:
+        raise InputError("resample needs a 1D tensor of at least one time")
+    last = track.num_frames - 1
+    position = (times.to(track.device, torch.float32) * track.fps).clamp(0, last)
+    lo = position.floor().long().clamp(max=last)
+    hi = (lo + 1).clamp(max=last)
+    w = position - lo.float()
+
+    def lerp(x: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return x[lo] + (x[hi] - x[lo]) * w.view(shape)
+
+    def slerp(rotvec: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (rotvec.dim() - 2)
+        return slerp_rotvec(rotvec[lo], rotvec[hi], w.view(shape).expand(rotvec[lo].shape[:-1]))
+
+    cam_rotvec = roma.rotmat_to_rotvec(track.cam_R)
+    changes = dict(
+        pose=slerp(track.pose), global_orient=slerp(track.global_orient), translation=lerp(track.translation),
+        expression=lerp(track.expression), focal=lerp(track.focal), cam_R=roma.rotvec_to_rotmat(slerp(cam_rotvec)),
+        cam_t=lerp(track.cam_t), confidence=lerp(track.confidence), detected=track.detected[lo] & track.detected[hi],
+    )
+    if track.landmarks2d is not None:
+        changes["landmarks2d"] = lerp(track.landmarks2d)
+    if times.numel() > 1:
+        step = float((times[1:] - times[:-1]).mean())
+        if step > 0:
+            changes["fps"] = 1.0 / step
+    return track.replace(**changes)
+
+
+def retime(track: EHMTrack, fps: float, frames: int | None = None, offset: float = 0.0) -> EHMTrack:
+    """The track resampled to ``fps``, starting ``offset`` seconds into it (negative: holds its first frame)."""
+    if not fps > 0:
+        raise InputError(f"fps must be positive, got {fps}")
+    if frames is None:
+        frames = max(1, int(round((track.num_frames / track.fps - offset) * fps)))
+    times = offset + torch.arange(frames, dtype=torch.float64) / fps
+    out = resample(track, times.float())
+    return out.replace(fps=float(fps))
+
+
+# ---------------------------------------------------------------------------------------------- Track Edit
+@dataclass(frozen=True)
+class CameraKey:
+    """Camera edit at one frame: ``zoom`` multiplies the focal length (2 = twice as close), ``pan_x``/``pan_y`` move
+    the picture by that fraction of the image width/height (positive = right/down)."""
+
+    frame: int
+    zoom: float = 1.0
+    pan_x: float = 0.0
+    pan_y: float = 0.0
+
+
+def parse_camera_keys(text: str) -> list[CameraKey]:
+    """Keyframes from text, one per line: ``frame zoom [pan_x [pan_y]]`` (commas allowed; ``#`` starts a comment)."""
+    keys = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise InputError(f"Camera keyframe line {number} ({raw.strip()!r}): expected numbers "
+                             f"'frame zoom [pan_x [pan_y]]'") from None
+        if not 2 <= len(values) <= 4 or values[0] != int(values[0]) or values[0] < 0:
+            raise InputError(f"Camera keyframe line {number} ({raw.strip()!r}): expected 'frame zoom [pan_x [pan_y]]' "
+                             f"with a whole, non-negative frame number")
+        if values[1] <= 0:
+            raise InputError(f"Camera keyframe line {number}: zoom must be positive, got {values[1]}")
+        keys.append(CameraKey(int(values[0]), *values[1:]))
+    frames = [k.frame for k in keys]
+    if len(set(frames)) != len(frames):
+        raise InputError(f"Camera keyframes repeat a frame: {sorted(frames)}")
+    return sorted(keys, key=lambda k: k.frame)
+
+
+def camera_curve(keys: Sequence[CameraKey], frames: int) -> torch.Tensor:
+    """Per-frame (zoom, pan_x, pan_y) [T, 3], linear between keys and held before the first / after the last."""
+    if not keys:
+        return torch.tensor([1.0, 0.0, 0.0]).repeat(frames, 1)
+    at = torch.tensor([float(k.frame) for k in keys])
+    values = torch.tensor([[k.zoom, k.pan_x, k.pan_y] for k in keys])
+    t = torch.arange(frames, dtype=torch.float32).clamp(float(at[0]), float(at[-1]))
+    idx = torch.searchsorted(at, t, right=True).clamp(1, max(len(keys) - 1, 1)) - 1
+    nxt = (idx + 1).clamp(max=len(keys) - 1)
+    span = (at[nxt] - at[idx]).clamp(min=1e-6)
+    w = ((t - at[idx]) / span).clamp(0, 1)[:, None]
+    return values[idx] + (values[nxt] - values[idx]) * w
+
+
+def apply_camera_keys(track: EHMTrack, keys: Sequence[CameraKey]) -> EHMTrack:
+    """Zoom about the image centre and pan the picture, keeping the person and the image size unchanged.
+
+    Pan moves the camera sideways by the distance that shifts the body's origin (pelvis) by the requested pixels.
+    """
+    if not keys:
+        return track
+    curve = camera_curve(keys, track.num_frames).to(track.device)
+    zoom, pan = curve[:, 0], curve[:, 1:]
+    focal = track.focal * zoom
+    pelvis_cam = (track.cam_R @ track.translation[:, :, None])[:, :, 0] + track.cam_t
+    depth = pelvis_cam[:, 2].clamp(min=1e-3)
+    height, width = track.image_size
+    shift_px = pan * pan.new_tensor([width, height])
+    cam_t = track.cam_t.clone()
+    cam_t[:, :2] += shift_px * depth[:, None] / focal[:, None]
+    return track.replace(focal=focal, cam_t=cam_t)
+
+
+def apply_shape_offsets(track: EHMTrack, model: BodyModel, offsets: dict[str, float]) -> EHMTrack:
+    """Add ``offsets`` to the named shape entries (Anny phenotypes live in [0, 1] and are clamped there)."""
+    active = {k: float(v) for k, v in offsets.items() if v != 0.0}
+    if not active:
+        return track
+    unknown = [k for k in active if k not in model.shape_labels]
+    if unknown:
+        raise InputError(f"The {model.backend} body model has no shape sliders {unknown}; its shape entries are "
+                         f"{model.shape_labels[:8]}{'...' if len(model.shape_labels) > 8 else ''}")
+    shape = track.shape.clone()
+    for name, delta in active.items():
+        shape[model.shape_labels.index(name)] += delta
+    if model.backend == "anny":
+        shape = shape.clamp(0.0, 1.0)
+    return track.replace(shape=shape)
+
+
+def edit_track(track: EHMTrack, model: BodyModel, *, expression_strength: float = 1.0, hand_strength: float = 1.0,
+               start: int = 0, stop: int | None = None, camera_keys: Sequence[CameraKey] = (),
+               shape_offsets: dict[str, float] | None = None) -> EHMTrack:
+    """Track Edit: frame range, expression and finger strength, camera keyframes (in output frames), shape sliders.
+
+    Strength 0 gives a neutral face / relaxed rest hands, 1 the tracked performance, above 1 exaggerates it.
+    """
+    track.check_backend(model.backend)
+    if not 0 <= start < track.num_frames:
+        raise InputError(f"start frame {start} is outside the track's {track.num_frames} frames")
+    stop = track.num_frames if stop is None or stop < 0 else min(stop, track.num_frames)
+    if stop <= start:
+        raise InputError(f"end frame {stop} must be after start frame {start}")
+    if expression_strength < 0 or hand_strength < 0:
+        raise InputError("expression and hand strength must be >= 0")
+    out = track.frames(start, stop)
+    changes = {}
+    if expression_strength != 1.0:
+        expression = out.expression * expression_strength
+        changes["expression"] = expression.clamp(0.0, 1.0) if model.backend == "anny" else expression
+    if hand_strength != 1.0:
+        pose = out.pose.clone()
+        hands = hand_joints(model)
+        pose[:, hands] = scale_rotations(pose[:, hands], hand_strength)
+        changes["pose"] = pose
+    if changes:
+        out = out.replace(**changes)
+    out = apply_camera_keys(out, camera_keys)
+    out = apply_shape_offsets(out, model, shape_offsets or {})
+    return out.replace(meta={**out.meta, "edit": f"frames {start}:{stop}, expression x{expression_strength}, "
+                                               f"hands x{hand_strength}, {len(camera_keys)} camera keys"})
+
+
+# ---------------------------------------------------------------------------------------------- Track Mix
+def mix_tracks(model: BodyModel, body: EHMTrack, hands: EHMTrack | None = None, face: EHMTrack | None = None, *,
+               hands_offset: float = 0.0, face_offset: float = 0.0, face_parts: Iterable[str] = FACE_PARTS,
+               fps: float | None = None) -> EHMTrack:
+    """Body (and camera, shape) from ``body``, fingers and wrists from ``hands``, the chosen ``face_parts`` from
+    ``face``: each source is resampled onto the output timeline, ``*_offset`` seconds into the source.
+
+    The output has ``body``'s length and its fps (or ``fps`` when given). Raw 2D detections are dropped because they
+    no longer describe one video; confidences are taken per landmark group from the track that supplied it.
+    """
+    face_parts = tuple(face_parts)
+    unknown = set(face_parts) - set(FACE_PARTS)
+    if unknown:
+        raise InputError(f"Unknown face parts {sorted(unknown)}; choose from {FACE_PARTS}")
+    for name, t in (("body", body), ("hands", hands), ("face", face)):
+        if t is not None:
+            t.check_backend(model.backend)
+            if t.pose.shape[1:] != body.pose.shape[1:] or t.expression.shape[1:] != body.expression.shape[1:]:
+                raise InputError(f"The {name} track's pose/expression layout differs from the body track's")
+    out = body if fps is None or fps == body.fps else retime(body, fps)
+    device = out.device
+    frames, rate = out.num_frames, out.fps
+    pose, expression, confidence = out.pose.clone(), out.expression.clone(), out.confidence.clone()
+    detected = out.detected.clone()
+    sources = []
+    if hands is not None:
+        src = retime(hands.to(device), rate, frames, hands_offset)
+        idx = hand_joints(model)
+        pose[:, idx] = src.pose[:, idx]
+        for group in ("left_hand", "right_hand"):
+            a, b = LANDMARK_GROUPS[group]
+            confidence[:, a:b] = src.confidence[:, a:b]
+        detected &= src.detected
+        sources.append(f"hands from {hands.meta.get('source', 'track')} at {hands_offset:+.2f}s")
+    if face is not None and face_parts:
+        src = retime(face.to(device), rate, frames, face_offset)
+        groups = expression_groups(model)
+        joints = {"jaw": jaw_joints(model), "eyes": eye_joints(model), "head": head_joints(model), "expression": []}
+        for part in face_parts:
+            coeffs = groups.get(part, [])
+            expression[:, coeffs] = src.expression[:, coeffs]
+            pose[:, joints[part]] = src.pose[:, joints[part]]
+        a, b = LANDMARK_GROUPS["face"]
+        confidence[:, a:b] = src.confidence[:, a:b]
+        detected &= src.detected
+        sources.append(f"face ({', '.join(face_parts)}) from {face.meta.get('source', 'track')} at {face_offset:+.2f}s")
+    return out.replace(pose=pose, expression=expression, confidence=confidence, detected=detected, landmarks2d=None,
+                       meta={**out.meta, "mix": "; ".join(sources) or "body only"})

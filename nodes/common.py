@@ -1,0 +1,169 @@
+"""Shared glue for the EMOSH ComfyUI nodes: tensor conventions, progress/cancel, safe file names, socket types.
+
+ComfyUI modules (``comfy.*``, ``folder_paths``) are imported inside the functions, so every node module imports
+without ComfyUI (the CI schema tests rely on it). The library is reached through :func:`lib`, which works both when
+ComfyUI loads the pack as a package (``<pack>.emosh``) and when the repository root is on ``sys.path`` (tests, CLI).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+import torch
+
+try:  # inside ComfyUI the pack is a package and the library is its sibling subpackage
+    from .. import emosh as _emosh_package
+except ImportError:  # repository root on sys.path (tests, scripts)
+    import emosh as _emosh_package
+
+EHM_MODEL = "EHM_MODEL"  # socket type of a loaded body model (emosh.body.BodyModel)
+EHM_TRACK = "EHM_TRACK"  # socket type of a tracked person (emosh.body.EHMTrack)
+ROOT_CATEGORY = "EMOSH"
+
+
+def lib(module: str) -> ModuleType:
+    """The library module ``emosh.<module>``; imported on first use so ComfyUI starts fast (no mediapipe at boot)."""
+    return importlib.import_module(f"{_emosh_package.__name__}.{module}")
+
+
+# ---------------------------------------------------------------------------------------------- tensor conventions
+def image_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """ComfyUI IMAGE ``[B, H, W, C]`` float 0..1 → RGB uint8 ``[B, H, W, 3]`` (alpha dropped, gray replicated)."""
+    check_image(images)
+    rgb = images[..., :3] if images.shape[-1] >= 3 else images[..., :1].expand(*images.shape[:-1], 3)
+    return (rgb.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def uint8_to_image(frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+    """RGB uint8 ``[B, H, W, 3]`` (or a list of ``[H, W, 3]``) → ComfyUI IMAGE float32 0..1 on the CPU."""
+    array = np.stack(frames) if isinstance(frames, (list, tuple)) else np.asarray(frames)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise lib("errors").InputError(f"Expected RGB frames [B, H, W, 3], got shape {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
+
+
+def check_image(images: torch.Tensor, name: str = "image") -> None:
+    """Refuse anything that is not an IMAGE batch, with a message instead of a shape error deep inside."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise lib("errors").InputError(f"{name} must be a ComfyUI IMAGE [batch, height, width, channels], got {shape}")
+    if images.shape[0] < 1:
+        raise lib("errors").InputError(f"{name} is an empty image batch")
+
+
+def mask_to_float(mask: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """A ComfyUI MASK ``[B, H, W]`` (or ``[H, W]``) at any size → ``[frames, height, width]`` float 0..1.
+
+    A single mask is repeated over the frames; a mask of another size is resized (bilinear), because masks drawn in
+    the mask editor often come from a differently sized image.
+    """
+    m = mask.detach().float()
+    if m.dim() == 2:
+        m = m[None]
+    if m.dim() != 3:
+        raise lib("errors").InputError(f"mask must be a ComfyUI MASK [batch, height, width], got {tuple(mask.shape)}")
+    if m.shape[0] not in (1, frames):
+        raise lib("errors").InputError(f"mask has {m.shape[0]} frames but the images have {frames}; give one mask "
+                                       f"or one per frame")
+    if m.shape[1:] != (height, width):
+        m = torch.nn.functional.interpolate(m[:, None], size=(height, width), mode="bilinear",
+                                            align_corners=False)[:, 0]
+    return m.expand(frames, height, width).clamp(0, 1).cpu()
+
+
+def mask_from_float(mask: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Anything ``[B, H, W]`` (bool, uint8 0..255 or float 0..1) → ComfyUI MASK float32 ``[B, H, W]`` on the CPU."""
+    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).detach().cpu()
+    if m.dtype == torch.uint8:
+        m = m.float() / 255.0
+    return m.float().clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------- progress and cancel
+class Progress:
+    """A ComfyUI progress bar plus the interrupt check, in the callback shapes the library takes.
+
+    ``progress(done, total)`` updates the bar (ComfyUI's hook also raises on /interrupt there); ``cancel()`` raises
+    ComfyUI's InterruptProcessingException after the user pressed Cancel and returns False otherwise, so it also
+    works where the library expects a "should I stop?" predicate. Outside ComfyUI both are no-ops.
+    """
+
+    def __init__(self, total: int):
+        self._bar = None
+        self._interrupted: Callable[[], None] | None = None
+        try:
+            import comfy.model_management
+            import comfy.utils
+        except ImportError:
+            return
+        self._bar = comfy.utils.ProgressBar(max(int(total), 1))
+        self._interrupted = comfy.model_management.throw_exception_if_processing_interrupted
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update_absolute(int(done), None if total is None else max(int(total), 1))
+
+    def cancel(self) -> bool:
+        if self._interrupted is not None:
+            self._interrupted()
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- files
+def comfy_folder(kind: str) -> Path:
+    """ComfyUI's ``input`` or ``output`` folder (or ./input, ./output when run outside ComfyUI)."""
+    try:
+        import folder_paths
+    except ImportError:
+        return Path(kind).resolve()
+    getter = {"input": folder_paths.get_input_directory, "output": folder_paths.get_output_directory}[kind]
+    return Path(getter())
+
+
+def safe_path(name: str, kind: str) -> Path:
+    """A workflow-supplied file name resolved inside ComfyUI's ``kind`` folder; anything outside is refused."""
+    if not name or not str(name).strip():
+        raise lib("errors").InputError(f"Empty file name (expected a name inside the ComfyUI {kind} folder)")
+    return lib("paths").resolve_inside(str(name).strip(), [comfy_folder(kind)])
+
+
+def output_stem(filename_prefix: str, suffixes: tuple[str, ...]) -> Path:
+    """A fresh ``<output>/<prefix>_00001`` (ComfyUI-style counter) for which no ``stem + suffix`` exists yet.
+
+    One counter for all the files of one save (e.g. ``.bvh`` and ``.glb``); ``""`` in ``suffixes`` stands for a
+    folder of that name. Subfolders in the prefix are kept, but the result never leaves the output folder.
+    """
+    base = safe_path(filename_prefix, "output")
+    if base == comfy_folder("output").resolve():
+        raise lib("errors").InputError("filename_prefix must name a file, not the output folder itself")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    counter = 1
+    while any((base.parent / f"{base.name}_{counter:05d}{suffix}").exists() for suffix in suffixes):
+        counter += 1
+    return base.parent / f"{base.name}_{counter:05d}"
+
+
+def list_input_files(suffixes: tuple[str, ...]) -> list[str]:
+    """Names (relative, '/'-separated) of the files under ComfyUI's input folder with one of ``suffixes``."""
+    root = comfy_folder("input")
+    if not root.is_dir():
+        return []
+    names = []
+    for dirpath, _dirs, files in os.walk(root):
+        for file in files:
+            if file.lower().endswith(suffixes):
+                names.append((Path(dirpath) / file).relative_to(root).as_posix())
+    return sorted(names)
+
+
+def relative_to_output(path: Path) -> dict[str, str]:
+    """The ``{filename, subfolder, type}`` record ComfyUI's UI uses to show a saved file."""
+    rel = Path(path).resolve().relative_to(comfy_folder("output").resolve())
+    return {"filename": rel.name, "subfolder": rel.parent.as_posix() if str(rel.parent) != "." else "",
+            "type": "output"}
