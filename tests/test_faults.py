@@ -514,3 +514,127 @@ class TestDetectorInputs:
         frame[5, 5] = np.nan
         with pytest.raises(InputError, match="NaN or Inf"):
             photo_detector(frame)
+
+
+# ====================================================================== 3./4./5. renderer: streaming, determinism, threads
+def standing_track(model, frames: int, size: tuple[int, int] = (96, 64), seed: int = 0) -> EHMTrack:
+    """A person facing the camera, waving the arms a little: a real, visible render target."""
+    from emosh.body.camera import default_focal, view_rotation
+
+    g = torch.Generator().manual_seed(seed)
+    motion = model.zero_motion(frames)
+    motion["pose"] = 0.15 * torch.randn(motion["pose"].shape, generator=g)
+    return EHMTrack(
+        backend=model.backend, backend_version=model.version, shape=model.default_shape().cpu(),
+        focal=torch.full((frames,), default_focal(size)), cam_R=view_rotation(model.up_axis).repeat(frames, 1, 1),
+        cam_t=torch.tensor([0.0, 0.0, 3.2]).repeat(frames, 1),
+        confidence=torch.ones(frames, 553), detected=torch.ones(frames, dtype=torch.bool),
+        image_size=size, fps=25.0, **{k: v.cpu() for k, v in motion.items()})
+
+
+class _CountingForward:
+    """Records the batch size of every body-model call (the renderer must never pose the whole video at once)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.forward, self.batches = model, model.forward, []
+
+    def __call__(self, shape, pose, *args, **kwargs):
+        self.batches.append(int(pose.shape[0]))
+        return self.forward(shape, pose, *args, **kwargs)
+
+
+class TestRendererStreaming:
+    def test_forty_frames_stream_in_bounded_batches(self, anny, tmp_path, monkeypatch):
+        from emosh.render.renderer import render_track
+
+        track = standing_track(anny, 40)
+        counter = _CountingForward(anny)
+        monkeypatch.setattr(anny, "forward", counter)
+        batches = render_track(anny, track, ("hybrid",), batch_size=8)
+        assert counter.batches == [], "render_track must be lazy: nothing runs before the first frame is asked for"
+        with video.VideoWriter(tmp_path / "control.mp4", fps=track.fps) as writer:
+            for i, batch in enumerate(batches):
+                # one batch posed per batch consumed (plus at most one 1-frame rest pose for the colours)
+                assert sum(counter.batches) - 8 * (i + 1) in (0, 1) and max(counter.batches) == 8
+                assert batch.start == 8 * i and batch.frames["hybrid"].shape == (8, 96, 64, 3)
+                for frame in batch.frames["hybrid"]:
+                    writer.write((frame * 255).round().byte().numpy())
+                assert writer.frames == 8 * (i + 1), "frames are written as they are rendered"
+        assert max(counter.batches) == 8 and sum(counter.batches) - 40 in (0, 1)
+        assert video.read_frames(tmp_path / "control.mp4").shape == (40, 96, 64, 3)
+
+    def test_cancel_mid_render_leaves_no_file_and_next_run_works(self, anny, tmp_path):
+        from emosh.render.renderer import render_track
+
+        track = standing_track(anny, 12)
+        target = tmp_path / "control.mp4"
+
+        def write(cancel_at: int | None) -> None:
+            with video.VideoWriter(target, fps=track.fps) as writer:
+                for batch in render_track(anny, track, ("keypoints",), batch_size=4):
+                    if batch.start == cancel_at:
+                        raise KeyboardInterrupt  # what Ctrl-C / a ComfyUI interrupt does between batches
+                    for frame in batch.frames["keypoints"]:
+                        writer.write((frame * 255).round().byte().numpy())
+
+        with pytest.raises(KeyboardInterrupt):
+            write(cancel_at=8)
+        assert list(tmp_path.iterdir()) == []
+        write(cancel_at=None)
+        assert [p.name for p in tmp_path.iterdir()] == ["control.mp4"]
+        assert video.read_frames(target).shape[0] == 12
+
+    def test_track_from_other_backend_refused(self, anny):
+        from emosh.render.renderer import render_track
+
+        track = standing_track(anny, 2).replace(backend="smplx_flame")
+        with pytest.raises(TrackFormatError, match="re-track"):
+            next(render_track(anny, track))
+
+    @pytest.mark.parametrize("size", [(47, 61), (1, 1)])
+    def test_odd_output_sizes(self, anny, size):
+        from emosh.render.renderer import render_all
+
+        out = render_all(anny, standing_track(anny, 2), ("hybrid", "mask"), height=size[0], width=size[1])
+        assert out["hybrid"].shape == (2, *size, 3) and out["mask"].shape == (2, *size)
+        assert torch.isfinite(out["hybrid"]).all()
+        if size[0] > 8:
+            assert out["mask"].mean() > 0.02, "the person must still be visible"
+
+    def test_same_track_renders_identically_twice(self, anny):
+        from emosh.render.renderer import render_all
+
+        track = standing_track(anny, 3, seed=4)
+        a = render_all(anny, track, ("hybrid", "keypoints", "depth"))
+        b = render_all(anny, track, ("hybrid", "keypoints", "depth"))
+        for mode in a:
+            assert torch.equal(a[mode], b[mode]), mode
+        assert a["hybrid"].std() > 0.05, "not an empty frame"
+
+    def test_parallel_renders_match_sequential_and_keep_model_intact(self, anny):
+        from emosh.render.renderer import render_all
+
+        tracks = [standing_track(anny, 4, seed=5), standing_track(anny, 4, seed=6)]
+        before = _body_state(anny)
+        sequential = [render_all(anny, t, ("hybrid", "keypoints"))["hybrid"] for t in tracks]
+        results: dict[int, torch.Tensor] = {}
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(2)
+
+        def work(i: int) -> None:
+            try:
+                barrier.wait()
+                results[i] = render_all(anny, tracks[i], ("hybrid", "keypoints"))["hybrid"]
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert not torch.equal(sequential[0], sequential[1])
+        for i in range(2):
+            assert torch.equal(results[i], sequential[i]), f"thread {i} differs from the sequential render"
+        assert _body_state(anny) == before
