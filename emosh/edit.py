@@ -6,6 +6,7 @@ path. Rotations are blended on the rotation manifold (roma), never by averaging 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -54,11 +55,6 @@ def expression_groups(model: BodyModel) -> dict[str, list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------- rotation helpers
-def scale_rotations(rotvec: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
-    """Rotations moved from the rest pose (identity) by ``factor`` of their angle: 0 = rest, 1 = as is, 2 = double."""
-    return rotvec * factor
-
-
 def slerp_rotvec(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per-element geodesic interpolation a→b; ``weight`` broadcasts over the leading dimensions of a [..., 3]."""
     delta = roma.rotvec_composition([roma.rotvec_inverse(a), b])
@@ -108,7 +104,8 @@ def retime(track: EHMTrack, fps: float, frames: int | None = None, offset: float
     if not fps > 0:
         raise InputError(f"fps must be positive, got {fps}")
     if frames is None:
-        frames = max(1, int(round((track.num_frames / track.fps - offset) * fps)))
+        span = (track.num_frames - 1) / track.fps - offset  # seconds from the start time to the last source frame
+        frames = max(1, int(math.floor(span * fps + 1e-6)) + 1)
     times = offset + torch.arange(frames, dtype=torch.float64) / fps
     out = resample(track, times.float())
     return out.replace(fps=float(fps))
@@ -224,7 +221,7 @@ def edit_track(track: EHMTrack, model: BodyModel, *, expression_strength: float 
     if hand_strength != 1.0:
         pose = out.pose.clone()
         hands = hand_joints(model)
-        pose[:, hands] = scale_rotations(pose[:, hands], hand_strength)
+        pose[:, hands] = pose[:, hands] * hand_strength  # angle scaled about the rest pose (0 = relaxed hands)
         changes["pose"] = pose
     if changes:
         out = out.replace(**changes)
