@@ -9,11 +9,12 @@ World frame: metres, Z up, the body faces -Y.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import roma
 import torch
 
-from .model import BodyModel, BodyOutput, apply_global, check_motion
+from .model import BodyModel, BodyOutput, check_motion
 
 PART_NAMES = [
     "head", "neck", "torso",
@@ -33,6 +34,7 @@ _BONE_PREFIX_TO_PART = [  # first match wins; side suffix appended for .L/.R bon
 
 _cache: dict[str, "AnnyBody"] = {}
 _cache_lock = threading.Lock()
+_skinning_pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="emosh-lbs")
 
 
 def bone_part(bone: str) -> str:
@@ -94,10 +96,23 @@ class AnnyBody(BodyModel):
         face_offsets = (expression.to(self.device) @ self._facial_blendshapes).view(b, -1, 3)
         rest_vertices = rest["rest_vertices"] + face_offsets
         bone_transforms, bone_poses = m.get_bone_transforms(deltas, rest["rest_bone_poses"])
-        verts = m.get_skinned_vertices(rest_vertices, bone_transforms)  # Anny's warp LBS kernel
-        verts = apply_global(verts, global_orient.to(self.device), translation.to(self.device))
-        joints = apply_global(bone_poses[..., :3, 3], global_orient.to(self.device), translation.to(self.device))
+        # Skinning weights sum to one, so the global rigid motion can be folded into every bone transform.
+        rigid = torch.eye(4, device=self.device).repeat(b, 1, 1)
+        rigid[:, :3, :3] = roma.rotvec_to_rotmat(global_orient.to(self.device))
+        rigid[:, :3, 3] = translation.to(self.device)
+        verts = self._skin(rest_vertices, rigid[:, None] @ bone_transforms)
+        joints = (rigid[:, None] @ bone_poses)[..., :3, 3]
         return BodyOutput(vertices=verts, joints=joints)
+
+
+    def _skin(self, rest_vertices: torch.Tensor, bone_transforms: torch.Tensor) -> torch.Tensor:
+        """Anny's warp LBS kernel; on CPU it is single-threaded, so large batches are split over the cores."""
+        skin = self._model.get_skinned_vertices
+        workers = _skinning_pool._max_workers
+        if self.device.type != "cpu" or workers < 2 or rest_vertices.shape[0] < 8:
+            return skin(rest_vertices, bone_transforms)
+        chunks = zip(rest_vertices.chunk(workers), bone_transforms.chunk(workers))
+        return torch.cat(list(_skinning_pool.map(lambda args: skin(*args), chunks)))
 
 
 def anny_body(device: str | torch.device = "cpu") -> AnnyBody:
