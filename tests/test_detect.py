@@ -1,0 +1,196 @@
+"""Landmark detection on real media: holistic and tasks backends, multi-person choice, odd inputs, missing files."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from emosh.errors import MissingModelError
+from emosh.track.detect import (BODY, FACE, LEFT_HAND, RIGHT_HAND, TASK_FILES, Detector, FrameDetection,
+                                MultiplePeopleWarning, detect_frames, stack_detections)
+from emosh.video import read_frames, read_image
+
+
+@pytest.fixture(scope="module")
+def astronaut(astronaut_path) -> np.ndarray:
+    return read_image(astronaut_path)
+
+
+@pytest.fixture(scope="module")
+def holistic_astronaut(astronaut) -> FrameDetection:
+    with Detector("holistic", static_image=True) as detector:
+        return detector(astronaut)
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    """Pose and hand .task bundles built from the tflite models mediapipe 0.10.14 ships (no download)."""
+    from emosh.track.task_bundles import build_bundles
+
+    out = tmp_path_factory.mktemp("mediapipe_tasks")
+    build_bundles(out)
+    return out
+
+
+def _face_box(det: FrameDetection) -> np.ndarray:
+    face = det.landmarks[FACE]
+    return np.concatenate([face.min(0), face.max(0)])
+
+
+def _two_people(astronaut: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """Astronaut at full size on the right, a 0.6x copy bottom-left; returns the image and the big copy's x range."""
+    canvas = np.full((512, 840, 3), 200, np.uint8)
+    canvas[:, 328:840] = astronaut
+    canvas[205:512, 0:307] = cv2.resize(astronaut, (307, 307), interpolation=cv2.INTER_AREA)
+    return canvas, (328, 840)
+
+
+def test_astronaut_face_and_body(astronaut, holistic_astronaut):
+    det = holistic_astronaut
+    h, w = astronaut.shape[:2]
+    assert det.landmarks.shape == (553, 2) and det.landmarks.dtype == np.float32
+    assert det.confidence.shape == (553,) and det.confidence.dtype == np.float32
+    assert 0.0 <= det.confidence.min() and det.confidence.max() <= 1.0
+    assert det.num_people == 1
+    assert det.part_found("body") and det.part_found("face")
+    assert (det.confidence[FACE] == 1.0).all()
+    face = det.landmarks[FACE]
+    assert (face >= 0).all() and (face[:, 0] < w).all() and (face[:, 1] < h).all()
+    x0, y0, x1, y1 = _face_box(det)
+    assert y1 < h / 2, "the astronaut's face is in the upper half of the photo"
+    assert 0.12 * w < x1 - x0 < 0.35 * w and 0.12 * h < y1 - y0 < 0.35 * h
+    # The eyes are above the mouth (mesh 159/386 upper lids, 13 upper lip) and the nose tip (mesh 1) is inside the box.
+    assert face[159, 1] < face[13, 1] and face[386, 1] < face[13, 1]
+    assert x0 < face[1, 0] < x1
+    # Person's sides: facing the camera, the person's left shoulder (11) and left eye (2) are on the image's right.
+    assert det.landmarks[11, 0] > det.landmarks[12, 0] and det.landmarks[2, 0] > det.landmarks[5, 0]
+    assert det.confidence[[11, 12]].min() > 0.9
+    assert det.world_body is not None and det.world_body.shape == (33, 3)
+    shoulder_m = np.linalg.norm(det.world_body[11] - det.world_body[12])
+    assert 0.2 < shoulder_m < 0.6, "world landmarks are metric"
+    # The face mesh and the pose's nose agree.
+    assert np.linalg.norm(face[1] - det.landmarks[0]) < 0.1 * (x1 - x0) + 5
+
+
+def test_carphone_face_tracked(carphone_path):
+    frames = read_frames(carphone_path, max_frames=60)  # 176x144: the detector enlarges internally
+    done: list[int] = []
+    dets = detect_frames(frames, progress=done.append)
+    assert len(dets) == 60 and done[-1] == 60
+    landmarks, confidence = stack_detections(dets)
+    assert landmarks.shape == (60, 553, 2) and confidence.shape == (60, 553)
+    found = confidence[:, FACE].max(1) > 0
+    assert found.mean() >= 0.9
+    face = landmarks[found][:, FACE]
+    assert np.median(face[..., 0]) < 176 and np.median(face[..., 1]) < 144, "points are in the frame's own pixels"
+    centres = face.mean(1)
+    assert np.abs(np.diff(centres, axis=0)).max() < 15, "tracking jumps less than 15 px between frames"
+
+
+@pytest.mark.parametrize("kind", ["blank", "noise"])
+def test_no_person_gives_zero_confidence(kind):
+    rng = np.random.default_rng(0)
+    image = np.full((360, 480, 3), 128, np.uint8) if kind == "blank" else rng.integers(0, 256, (360, 480, 3), np.uint8)
+    with Detector(static_image=True) as detector:
+        det = detector(image)
+    assert not det.found and det.num_people == 0
+    assert (det.confidence == 0).all() and (det.landmarks == 0).all()
+
+
+def test_several_people_keep_largest(astronaut):
+    image, (big_x0, big_x1) = _two_people(astronaut)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Detector("holistic", static_image=True) as detector:
+            det = detector(image)
+            det_again = detector(image)
+    people_warnings = [w for w in caught if issubclass(w.category, MultiplePeopleWarning)]
+    assert len(people_warnings) == 1, "warned once per detector"
+    assert "2 people" in str(people_warnings[0].message) and "largest" in str(people_warnings[0].message)
+    for d in (det, det_again):
+        assert d.num_people >= 2
+        x0, _, x1, _ = _face_box(d)
+        assert big_x0 < x0 and x1 < big_x1, "the full-size astronaut is the one kept"
+        assert x1 - x0 > 0.12 * 512
+
+
+def test_odd_inputs(astronaut, holistic_astronaut):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    rgba = np.concatenate([astronaut, np.full(astronaut.shape[:2] + (1,), 255, np.uint8)], 2)
+    tiny = cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(astronaut, (3840, 3840), interpolation=cv2.INTER_LINEAR)
+    ref = _face_box(holistic_astronaut)
+    with Detector(static_image=True) as detector:
+        for image in (gray, rgba):
+            det = detector(image)
+            assert det.part_found("face")
+            assert np.abs(_face_box(det) - ref).max() < 0.03 * 512
+        det_tiny = detector(tiny)
+        assert det_tiny.landmarks.shape == (553, 2)
+        assert det_tiny.part_found("face"), "enlarged internally, a 64 px photo still shows a face"
+        assert np.abs(_face_box(det_tiny) * 8 - ref).max() < 0.05 * 512, "points are in the 64 px frame's pixels"
+        det_big = detector(big)
+        assert det_big.part_found("face")
+        assert np.abs(_face_box(det_big) / 7.5 - ref).max() < 0.03 * 512, "4K points map back to 4K pixels"
+
+
+def test_missing_task_files_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMOSH_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingModelError) as err:
+        Detector("tasks")
+    message = str(err.value)
+    for name in TASK_FILES.values():
+        assert name in message
+    assert str(tmp_path / "models" / "mediapipe") in message
+    assert "https://storage.googleapis.com/mediapipe-models/pose_landmarker/" in message
+
+
+def test_tasks_backend_matches_holistic(task_dir, astronaut, holistic_astronaut):
+    with pytest.warns(UserWarning, match="face_landmarker.task"):
+        detector = Detector("tasks", model_dir=task_dir, static_image=True)
+    with detector:
+        det = detector(astronaut)
+    ref = holistic_astronaut
+    assert det.num_people == 1 and det.part_found("body")
+    assert not det.part_found("face"), "no face bundle was given"
+    seen = (det.confidence[BODY] > 0.5) & (ref.confidence[BODY] > 0.5)
+    assert seen.sum() >= 11  # head and shoulders: the photo ends at the chest
+    diff = np.linalg.norm(det.landmarks[BODY] - ref.landmarks[BODY], axis=1)[seen]
+    assert np.median(diff) < 0.01 * 512 and diff.max() < 0.05 * 512
+    assert det.world_body is not None and det.world_body.shape == (33, 3)
+
+
+def test_tasks_backend_several_people(task_dir, astronaut):
+    image, (big_x0, big_x1) = _two_people(astronaut)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Detector("tasks", model_dir=task_dir, static_image=True) as detector:
+            det = detector(image)
+    assert any(issubclass(w.category, MultiplePeopleWarning) for w in caught)
+    assert det.num_people >= 2
+    shoulders = det.landmarks[[11, 12], 0]
+    assert (big_x0 < shoulders).all() and (shoulders < big_x1).all(), "the full-size astronaut is the one kept"
+
+
+def test_tasks_hands_on_dance_video(task_dir, shared_real):
+    """Video mode on a real dance: body and hands agree with holistic, and hands land on the same anatomical side."""
+    frames = read_frames(shared_real / "fullbody_dance.mp4", max_frames=40)
+    height = frames.shape[1]
+    ref = detect_frames(frames, backend="holistic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no face bundle
+        got = detect_frames(frames, backend="tasks", model_dir=task_dir)
+    body_err = [np.median(np.linalg.norm(a.landmarks[BODY] - b.landmarks[BODY], axis=1)) for a, b in zip(got, ref)]
+    assert np.median(body_err) < 0.01 * height
+    compared = 0
+    for a, b in zip(got, ref):
+        for group in (LEFT_HAND, RIGHT_HAND):
+            if a.confidence[group].any() and b.confidence[group].any():
+                compared += 1
+                assert np.linalg.norm(a.landmarks[group][0] - b.landmarks[group][0]) < 0.05 * height
+    assert compared >= 20
+    assert np.mean([d.part_found("left_hand") or d.part_found("right_hand") for d in got]) > 0.5
