@@ -301,7 +301,7 @@ def test_wan_animate_transformer_uses_its_pose_embedding():
 
 
 def test_two_training_steps_change_the_adapter(tmp_path):
-    from emosh.train import Sample, add_lora, save_lora, train
+    from emosh.train import Sample, load_lora, save_lora, train
 
     pipe = tiny_pipeline(MotionAdapter(32))
     before = pipe.adapter.proj.weight.detach().clone()
@@ -318,7 +318,12 @@ def test_two_training_steps_change_the_adapter(tmp_path):
     save_lora(pipe.lora, tmp_path / "lora.safetensors")
     pipe.adapter.save(tmp_path / "adapter.safetensors")
     assert MotionAdapter.load(tmp_path / "adapter.safetensors").proj.weight.abs().max() > 0
-    assert callable(add_lora)
+    fresh = tiny_transformer()
+    assert len(load_lora(fresh, tmp_path / "lora.safetensors")) == len(pipe.lora)
+    x = torch.randn(1, 16, 2, 4, 4)
+    kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 3, TEXT_DIM), return_dict=False)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x, **kwargs)[0], pipe.transformer(x, **kwargs)[0], atol=1e-6)
 
 
 # ---------------------------------------------------------------- node schemas (no ComfyUI needed)

@@ -7,7 +7,6 @@ KSampler, by SamplerCustomAdvanced and by the EMOSH Sampler over several chunks.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -38,11 +37,10 @@ def comfy(tmp_path_factory):
         folder_paths.add_model_folder_path(name, str(root / name), is_default=True)
     _write_tiny_models(root)
     if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    spec = importlib.util.spec_from_file_location("emosh_nodes_generate", REPO / "nodes" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need their module registered
-    spec.loader.exec_module(module)
+        sys.path.insert(0, str(REPO))  # for emosh.* helpers used by the tests themselves
+    assert asyncio.run(nodes.load_custom_node(str(REPO), set(nodes.NODE_CLASS_MAPPINGS))), "pack failed to load"
+    injector = nodes.NODE_CLASS_MAPPINGS["EmoshHybridMotionInjector"]
+    module = sys.modules[injector.__module__]  # our nodes/generate.py as ComfyUI imported it
     return {"nodes": nodes, "gen": module, "root": root}
 
 
