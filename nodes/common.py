@@ -6,6 +6,7 @@ ComfyUI loads the pack as a package (``<pack>.emosh``) and when the repository r
 """
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 from pathlib import Path
@@ -48,6 +49,14 @@ def uint8_to_image(frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
 
 
+def as_image(frames: torch.Tensor) -> torch.Tensor:
+    """A library frame batch ``[B, H, W, 3]`` (uint8 0..255 or float 0..1, any device) → ComfyUI IMAGE on the CPU."""
+    frames = frames.detach().cpu()
+    if frames.dtype == torch.uint8:
+        return frames.float().div_(255.0)
+    return frames.float().clamp(0, 1)
+
+
 def check_image(images: torch.Tensor, name: str = "image") -> None:
     """Refuse anything that is not an IMAGE batch, with a message instead of a shape error deep inside."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
@@ -78,8 +87,11 @@ def mask_to_float(mask: torch.Tensor, frames: int, height: int, width: int) -> t
 
 
 def mask_from_float(mask: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Anything ``[B, H, W]`` (bool, uint8 0..255 or float 0..1) → ComfyUI MASK float32 ``[B, H, W]`` on the CPU."""
+    """Anything ``[B, H, W]`` or ``[B, H, W, 1]`` (bool, uint8 0..255 or float 0..1) → ComfyUI MASK float32
+    ``[B, H, W]`` on the CPU."""
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).detach().cpu()
+    if m.dim() == 4 and m.shape[-1] == 1:
+        m = m[..., 0]
     if m.dtype == torch.uint8:
         m = m.float() / 255.0
     return m.float().clamp(0, 1)
@@ -133,18 +145,19 @@ def safe_path(name: str, kind: str) -> Path:
     return lib("paths").resolve_inside(str(name).strip(), [comfy_folder(kind)])
 
 
-def output_stem(filename_prefix: str, suffixes: tuple[str, ...]) -> Path:
-    """A fresh ``<output>/<prefix>_00001`` (ComfyUI-style counter) for which no ``stem + suffix`` exists yet.
+def output_stem(filename_prefix: str) -> Path:
+    """A fresh ``<output>/<prefix>_00001`` (ComfyUI-style counter): no file or folder starts with it yet.
 
-    One counter for all the files of one save (e.g. ``.bvh`` and ``.glb``); ``""`` in ``suffixes`` stands for a
-    folder of that name. Subfolders in the prefix are kept, but the result never leaves the output folder.
+    One counter for all the files of one save (e.g. ``.bvh`` and ``.glb``, or a folder of ``.ply``). Subfolders in
+    the prefix are kept, but the result never leaves the output folder.
     """
     base = safe_path(filename_prefix, "output")
     if base == comfy_folder("output").resolve():
         raise lib("errors").InputError("filename_prefix must name a file, not the output folder itself")
     base.parent.mkdir(parents=True, exist_ok=True)
+    taken = {p.name.split(".", 1)[0] for p in base.parent.glob(f"{glob.escape(base.name)}_*")}
     counter = 1
-    while any((base.parent / f"{base.name}_{counter:05d}{suffix}").exists() for suffix in suffixes):
+    while f"{base.name}_{counter:05d}" in taken:
         counter += 1
     return base.parent / f"{base.name}_{counter:05d}"
 

@@ -1,0 +1,125 @@
+"""Retarget / align / render nodes: Shape Swap / Retarget, Spatial Align, Mesh Condition Renderer."""
+from __future__ import annotations
+
+import torch
+
+from .common import (EHM_MODEL, EHM_TRACK, ROOT_CATEGORY, Progress, as_image, check_image, image_to_uint8,
+                     lib,
+                     mask_from_float, uint8_to_image)
+
+KEYPOINT_STYLES = ("wan_animate", "dwpose", "unianimate")
+
+
+class ShapeSwapRetarget:
+    DESCRIPTION = ("Shape swap: the driving track's motion (body, hands, face, camera) on the reference person's body "
+                   "shape, with bone-length and scale compensation so feet stay on the ground and hands reach the same "
+                   "places. The disentangled EHM makes this a swap of fields, not a pose-transfer guess.")
+    CATEGORY = f"{ROOT_CATEGORY}/retarget"
+    FUNCTION = "retarget"
+    RETURN_TYPES = (EHM_TRACK,)
+    RETURN_NAMES = ("track",)
+    OUTPUT_TOOLTIPS = ("The driver's motion performed by the reference's body shape.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "body_model": (EHM_MODEL, {"tooltip": "The body model both tracks were made with."}),
+            "driving_track": (EHM_TRACK, {"tooltip": "Whose motion: the driving video's track."}),
+            "reference_track": (EHM_TRACK, {"tooltip": "Whose body shape: the reference image's track."}),
+        }}
+
+    def retarget(self, body_model, driving_track, reference_track):
+        return (lib("retarget").retarget(body_model, driving_track, reference_track).to("cpu"),)
+
+
+class SpatialAlign:
+    DESCRIPTION = ("Places the retargeted motion where the reference person stands in the reference image, at the "
+                   "output size (the reference image is resized to cover it and centre-cropped), so the first frame "
+                   "lines up with the reference. Also returns that resized reference and its person mask.")
+    CATEGORY = f"{ROOT_CATEGORY}/retarget"
+    FUNCTION = "align"
+    RETURN_TYPES = (EHM_TRACK, "IMAGE", "MASK")
+    RETURN_NAMES = ("track", "reference", "reference_mask")
+    OUTPUT_TOOLTIPS = ("The track in output-image coordinates.",
+                       "The reference image at the output size (input for the sampler / preview background).",
+                       "Where the reference person is in that image (1 = person).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "body_model": (EHM_MODEL, {"tooltip": "The body model the tracks were made with."}),
+            "reference_image": ("IMAGE", {"tooltip": "The reference photo (first image is used)."}),
+            "reference_track": (EHM_TRACK, {"tooltip": "The reference photo's track (EHM Tracker, reference mode)."}),
+            "track": (EHM_TRACK, {"tooltip": "The motion to place (usually Shape Swap / Retarget's output)."}),
+            "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 16,
+                              "tooltip": "Output width in pixels (multiples of 16 suit video models and codecs)."}),
+            "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 16,
+                               "tooltip": "Output height in pixels."}),
+        }}
+
+    def align(self, body_model, reference_image: torch.Tensor, reference_track, track, width: int, height: int):
+        check_image(reference_image, "reference_image")
+        aligned = lib("align").spatial_align(body_model, image_to_uint8(reference_image[:1])[0], reference_track,
+                                             track, width=width, height=height)
+        return (aligned.track.to("cpu"), uint8_to_image(aligned.reference_image),
+                mask_from_float(aligned.reference_mask[None]))
+
+
+class MeshConditionRenderer:
+    DESCRIPTION = ("Renders a track as control videos: hybrid (semantically coloured mesh + drawn keypoints, the EMOSH "
+                   "signal), keypoints only (OpenPose/DWPose style for Wan-Animate's pose_video, UniAnimate...), "
+                   "normals, depth and the person mask. Streams in batches, so long videos fit in memory.")
+    CATEGORY = f"{ROOT_CATEGORY}/render"
+    FUNCTION = "render"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "IMAGE", "IMAGE", "MASK")
+    RETURN_NAMES = ("hybrid", "keypoints", "normal", "depth", "mask")
+    OUTPUT_TOOLTIPS = ("Shaded mesh + keypoints on white: the EMOSH hybrid control.",
+                       "Keypoints only on black, in the chosen style.",
+                       "Camera-space normals (RGB = XYZ).",
+                       "Depth, near = bright.",
+                       "The person's silhouette (1 = person).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "body_model": (EHM_MODEL, {"tooltip": "The body model the track was made with."}),
+            "track": (EHM_TRACK, {"tooltip": "The track to render (usually Spatial Align's output)."}),
+            "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                              "tooltip": "Output width; 0 = the track's image width. Other sizes cover + "
+                                         "centre-crop, like ComfyUI's center-crop resize."}),
+            "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                               "tooltip": "Output height; 0 = the track's image height."}),
+            "keypoint_style": (list(KEYPOINT_STYLES), {
+                "default": "wan_animate",
+                "tooltip": "Drawing of the keypoints output: wan_animate (Wan 2.2 Animate pose_video), dwpose "
+                           "(Animate Anyone, with face dots), unianimate (red/blue swapped as UniAnimate reads it)."}),
+            "batch_size": ("INT", {"default": 8, "min": 1, "max": 256,
+                                   "tooltip": "Frames rendered at once (memory vs speed)."}),
+        }}
+
+    def render(self, body_model, track, width: int, height: int, keypoint_style: str, batch_size: int):
+        modes = ("hybrid", "keypoints", "normal", "depth", "mask")
+        renderer = lib("render.renderer")
+        bar = Progress(track.num_frames)
+        chunks: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
+        for batch in renderer.render_track(body_model, track, modes, width=width or None, height=height or None,
+                                           batch_size=batch_size, keypoint_style=keypoint_style):
+            bar.cancel()
+            for mode in modes:
+                frames = batch.frames[mode]
+                chunks[mode].append(mask_from_float(frames) if mode == "mask" else as_image(frames))
+            bar.progress(batch.start + batch.frames[modes[0]].shape[0])
+        out = {m: torch.cat(chunks[m]) for m in modes}
+        return (out["hybrid"], out["keypoints"], out["normal"], out["depth"], out["mask"])
+
+
+NODE_CLASS_MAPPINGS = {
+    "EmoshShapeSwapRetarget": ShapeSwapRetarget,
+    "EmoshSpatialAlign": SpatialAlign,
+    "EmoshMeshConditionRenderer": MeshConditionRenderer,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "EmoshShapeSwapRetarget": "Shape Swap / Retarget",
+    "EmoshSpatialAlign": "Spatial Align",
+    "EmoshMeshConditionRenderer": "Mesh Condition Renderer",
+}

@@ -1,0 +1,211 @@
+"""ComfyUI node schemas and node calls, without ComfyUI.
+
+Every node class must have a schema ComfyUI accepts (types, tooltips, defaults within min/max, outputs that match
+RETURN_TYPES), custom sockets must connect only to their own type, and the cheap nodes are called for real to check
+that what they return follows ComfyUI's tensor conventions. Tracker/retarget/align/preview run in test_workflows.py.
+"""
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nodes
+from emosh import edit
+from emosh.body import BodyModel, EHMTrack
+from emosh.errors import InputError, UnsafePathError
+from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from nodes.common import EHM_MODEL, EHM_TRACK
+
+from test_edit_export import make_track
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+EXPECTED = {"EmoshBodyModelLoader", "EmoshTracker", "EmoshTrackSave", "EmoshTrackLoad", "EmoshTrackEdit",
+            "EmoshTrackMix", "EmoshFaceCrops", "EmoshExport", "EmoshShapeSwapRetarget", "EmoshSpatialAlign",
+            "EmoshMeshConditionRenderer", "EmoshPreviewAnimate", "EmoshHybridMotionInjector", "EmoshSampler"}
+CUSTOM = {EHM_MODEL, EHM_TRACK}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_module_loads_without_comfyui():
+    assert set(NODE_CLASS_MAPPINGS) == EXPECTED, "a nodes/*.py module failed to import (see the log)"
+    assert set(NODE_DISPLAY_NAME_MAPPINGS) == EXPECTED
+    probe = "import sys, nodes; print(sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths')))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", f"nodes must import ComfyUI lazily: {done}"
+    assert len(set(NODE_DISPLAY_NAME_MAPPINGS.values())) == len(EXPECTED)
+    assert set(nodes.MODULES) >= {"body", "track", "render", "preview", "generate"}
+
+
+def _inputs(cls) -> dict[str, tuple[str, tuple]]:
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"} and "required" in spec
+    return {name: (section, value) for section in ("required", "optional") for name, value in spec.get(section, {}).items()}
+
+
+@pytest.mark.parametrize("node_id", sorted(EXPECTED))
+def test_schema(node_id):
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    assert cls.CATEGORY.startswith("EMOSH/") and len(cls.DESCRIPTION) > 40
+    assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+    if not cls.RETURN_TYPES:
+        assert getattr(cls, "OUTPUT_NODE", False), "a node without outputs must be an output node"
+    function = getattr(cls, cls.FUNCTION)
+    params = inspect.signature(function).parameters
+    inputs = _inputs(cls)
+    for name, (section, value) in inputs.items():
+        kind = value[0]
+        options = value[1] if len(value) > 1 else {}
+        assert isinstance(options.get("tooltip"), str) and len(options["tooltip"]) > 10, f"{name}: tooltip"
+        accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        assert name in params or accepts_var_kw, f"{cls.FUNCTION}() does not take input {name!r}"
+        if section == "optional" and name in params:
+            assert params[name].default is None, f"optional input {name} needs a None default"
+        if isinstance(kind, list):
+            assert kind and all(isinstance(o, str) for o in kind), f"{name}: combo options"
+            if "default" in options:
+                assert options["default"] in kind, f"{name}: default not among the options"
+            continue
+        assert isinstance(kind, str) and kind == kind.upper()
+        if kind in ("INT", "FLOAT"):
+            lo, hi, default = options["min"], options["max"], options["default"]
+            assert lo <= default <= hi, f"{name}: default {default} outside [{lo}, {hi}]"
+            assert isinstance(default, int if kind == "INT" else (int, float))
+            assert options.get("step", 1) > 0
+        elif kind in ("STRING", "BOOLEAN"):
+            assert "default" in options, f"{name}: widget without a default"
+    required_params = [n for n, p in params.items() if n != "self" and p.default is p.empty
+                       and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    missing = [n for n in required_params if n not in inputs]
+    assert not missing, f"{cls.FUNCTION}() requires {missing}, which are not inputs"
+
+
+def test_custom_sockets_connect_only_to_their_own_type():
+    produced, consumed = set(), set()
+    for cls in NODE_CLASS_MAPPINGS.values():
+        produced |= set(cls.RETURN_TYPES)
+        for _, (_, value) in _inputs(cls).items():
+            if isinstance(value[0], str):
+                consumed.add(value[0])
+                assert value[0] != "*", "no wildcard inputs: they would accept EHM types anywhere"
+                assert "," not in value[0] or not (set(value[0].split(",")) & CUSTOM)
+    assert CUSTOM <= produced and CUSTOM <= consumed
+    assert produced & CUSTOM == consumed & CUSTOM
+
+
+# ---------------------------------------------------------------------------------------------- real calls
+def _check_outputs(cls, result) -> tuple:
+    values = result["result"] if isinstance(result, dict) else result
+    assert isinstance(values, tuple) and len(values) == len(cls.RETURN_TYPES)
+    for kind, value in zip(cls.RETURN_TYPES, values):
+        if kind == "IMAGE":
+            assert value.dtype == torch.float32 and value.dim() == 4 and value.shape[-1] == 3
+            assert value.device.type == "cpu" and 0.0 <= float(value.min()) and float(value.max()) <= 1.0
+        elif kind == "MASK":
+            assert value.dtype == torch.float32 and value.dim() == 3 and value.device.type == "cpu"
+            assert 0.0 <= float(value.min()) and float(value.max()) <= 1.0
+        elif kind == EHM_TRACK:
+            assert isinstance(value, EHMTrack) and value.device.type == "cpu"
+        elif kind == EHM_MODEL:
+            assert isinstance(value, BodyModel)
+    return values
+
+
+@pytest.fixture
+def comfy_dirs(tmp_path, monkeypatch):
+    """Outside ComfyUI the nodes use ./input and ./output."""
+    (tmp_path / "input").mkdir()
+    (tmp_path / "output").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_body_edit_mix_render_nodes(anny):
+    M = NODE_CLASS_MAPPINGS
+    model = _check_outputs(M["EmoshBodyModelLoader"], M["EmoshBodyModelLoader"]().load("anny", "cpu"))[0]
+    assert model is anny, "the body model is cached, not rebuilt"
+    track = make_track(anny, frames=4, size=(96, 128))
+    before = track.pose.clone()
+    edited = _check_outputs(M["EmoshTrackEdit"], M["EmoshTrackEdit"]().edit(
+        anny, track, 0.5, 1.0, 1, -1, "0 1\n2 1.5 0.1 0", gender=0.0, age=0.2, muscle=0.0, weight=0.0,
+        height=-0.1, proportions=0.0))[0]
+    assert edited.num_frames == 3 and torch.equal(track.pose, before), "inputs must never be modified"
+    assert edited.shape[1] == pytest.approx(0.7) and edited.shape[4] == pytest.approx(0.4)
+    with pytest.raises(InputError):
+        M["EmoshTrackEdit"]().edit(anny, track, 1.0, 1.0, 0, -1, "zoom please", gender=0.0, age=0.0, muscle=0.0,
+                                   weight=0.0, height=0.0, proportions=0.0)
+    other = make_track(anny, frames=8, fps=50.0, seed=4, size=(96, 128))
+    mixed = _check_outputs(M["EmoshTrackMix"], M["EmoshTrackMix"]().mix(
+        anny, track, 0.0, 0.02, True, True, False, True, 0.0, hands_track=other, face_track=other))[0]
+    face_rows = edit.expression_groups(anny)["expression"]  # eyes were not taken: gaze stays the body track's
+    assert mixed.num_frames == 4 and torch.allclose(mixed.expression[0, face_rows], other.expression[1, face_rows])
+    eyes = edit.expression_groups(anny)["eyes"]
+    assert torch.equal(mixed.expression[:, eyes], track.expression[:, eyes])
+
+    hybrid, keypoints, normal, depth, mask = _check_outputs(
+        M["EmoshMeshConditionRenderer"], M["EmoshMeshConditionRenderer"]().render(anny, track, 64, 48, "dwpose", 3))
+    assert hybrid.shape == (4, 48, 64, 3) and mask.shape == (4, 48, 64)
+    person = mask > 0.5
+    assert 0.02 < float(person.float().mean()) < 0.9, "the person must be in the picture"
+    assert float((hybrid[person] - 1.0).abs().mean()) > 0.05, "the shaded mesh is not white"
+    assert float(hybrid[~person].mean()) > 0.9, "hybrid background is white"
+    assert float(normal[person].std()) > 0.02 and float(depth[person].mean()) > float(depth[~person].mean())
+
+
+def test_face_crops_node(anny):
+    track = make_track(anny, frames=3, size=(120, 160))
+    images = torch.rand(3, 60, 80, 3)
+    (crops,) = _check_outputs(NODE_CLASS_MAPPINGS["EmoshFaceCrops"],
+                              NODE_CLASS_MAPPINGS["EmoshFaceCrops"]().crop(anny, track, images, 64, 1.3, 1.0))
+    assert crops.shape == (3, 64, 64, 3)
+
+
+def test_save_load_export_stay_inside_comfy_folders(anny, comfy_dirs):
+    M = NODE_CLASS_MAPPINGS
+    track = make_track(anny, frames=3)
+    saved = M["EmoshTrackSave"]().save(track, "emosh/track")
+    assert saved["result"] == () and saved["ui"]["text"] == ["emosh/track_00001.safetensors"]
+    assert M["EmoshTrackSave"]().save(track, "emosh/track")["ui"]["text"] == ["emosh/track_00002.safetensors"]
+    (comfy_dirs / "output" / "emosh" / "track_00001.safetensors").rename(comfy_dirs / "input" / "mine.safetensors")
+    assert M["EmoshTrackLoad"].INPUT_TYPES()["required"]["track_file"][0] == ["mine.safetensors"]
+    (loaded,) = _check_outputs(M["EmoshTrackLoad"], M["EmoshTrackLoad"]().load("mine.safetensors"))
+    assert torch.equal(loaded.pose, track.pose) and loaded.fps == track.fps
+    for bad in ("../output/emosh/track_00002.safetensors", "/etc/passwd", "../../x.safetensors"):
+        with pytest.raises(UnsafePathError):
+            M["EmoshTrackLoad"]().load(bad)
+    with pytest.raises(UnsafePathError):
+        M["EmoshTrackSave"]().save(track, "../escape")
+    with pytest.raises(UnsafePathError):
+        M["EmoshExport"]().export(anny, track, "bvh", "metres", "/tmp/elsewhere")
+
+    out = M["EmoshExport"]().export(anny, track, "bvh+glb", "centimetres", "emosh/dance")
+    assert out["ui"]["text"] == ["emosh/dance_00001.bvh", "emosh/dance_00001.glb"]
+    bvh = (comfy_dirs / "output" / "emosh" / "dance_00001.bvh").read_text()
+    assert bvh.startswith("HIERARCHY") and "Frames: 3" in bvh
+    assert (comfy_dirs / "output" / "emosh" / "dance_00001.glb").read_bytes()[:4] == b"glTF"
+    seq = M["EmoshExport"]().export(anny, track, "ply sequence", "metres", "emosh/dance")
+    assert seq["ui"]["text"] == ["emosh/dance_00002"]
+    assert len(list((comfy_dirs / "output" / "emosh" / "dance_00002").glob("*.ply"))) == 3
+
+
+def test_conversions_follow_comfy_conventions():
+    from nodes.common import image_to_uint8, mask_to_float, uint8_to_image
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    image = uint8_to_image(frames)
+    assert image.shape == (2, 5, 7, 3) and image.dtype == torch.float32
+    assert np.array_equal(image_to_uint8(image), frames)
+    rgba = torch.cat([image, torch.ones(2, 5, 7, 1)], -1)
+    assert np.array_equal(image_to_uint8(rgba), frames)
+    resized = mask_to_float(torch.ones(1, 10, 14), 2, 5, 7)
+    assert resized.shape == (2, 5, 7) and float(resized.min()) == 1.0
+    with pytest.raises(InputError):
+        image_to_uint8(torch.rand(5, 7, 3))
+    with pytest.raises(InputError):
+        mask_to_float(torch.ones(3, 5, 7), 2, 5, 7)
