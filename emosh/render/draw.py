@@ -71,18 +71,24 @@ def keypoint_visibility(fragments: Fragments, pixels: torch.Tensor, depth: torch
     and belongs to a part other than the keypoint's own (an elbow is seen through its own arm, never through the
     torso; face points are surface points and use the depth test alone).
     """
-    batch, height, width = fragments.face_id.shape
+    batch, height, width = fragments.size
     col = pixels[..., 0].floor().long()
     row = pixels[..., 1].floor().long()
     inside = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (depth > 0)
     flat = torch.arange(batch, device=pixels.device)[:, None] * (height * width)
-    flat = flat + row.clamp(0, height - 1) * width + col.clamp(0, width - 1)
-    surface_depth = fragments.depth.reshape(-1)[flat]
-    surface_face = fragments.face_id.reshape(-1)[flat]
-    surface_part = part_labels[faces[surface_face.clamp(min=0), 0]]
+    flat = (flat + row.clamp(0, height - 1) * width + col.clamp(0, width - 1)).reshape(-1)
+    # Look the pixels up in the compact (sorted) covered-pixel list instead of building full-size maps.
+    covered = fragments.covered
+    if covered.numel() == 0:
+        return inside
+    pos = torch.searchsorted(covered, flat).clamp(max=covered.numel() - 1)
+    on_body = (covered.index_select(0, pos) == flat).view_as(depth)
+    surface_depth = torch.where(on_body, fragments.covered_depth.index_select(0, pos).view_as(depth),
+                                torch.full_like(depth, float("inf")))
+    surface_face = fragments.covered_face.index_select(0, pos).view_as(depth)
+    surface_part = part_labels[faces[surface_face, 0]]
     in_front = depth <= surface_depth + _SURFACE_TOLERANCE
-    through_own = own_parts[torch.arange(pixels.shape[1], device=pixels.device)[None, :], surface_part]
-    through_own &= surface_face >= 0
+    through_own = own_parts[torch.arange(pixels.shape[1], device=pixels.device)[None, :], surface_part] & on_body
     return inside & (in_front | through_own)
 
 

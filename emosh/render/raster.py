@@ -17,32 +17,73 @@ How it is fast without a compiled kernel:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 _INSIDE_EPS = 1e-6  # barycentric tolerance: pixel centres exactly on a shared edge are never lost to rounding
-_MAX_CANDIDATES = 1 << 22  # candidate pixels per vectorised pass (bounds memory for large triangles)
-_EXACT_BOX = 4  # bounding boxes up to this many pixels per side get an exact-size bucket, larger ones a power of 2
+_MAX_CANDIDATES = 1 << 21  # candidate pixels per vectorised pass (bounds memory for large triangles)
+# Candidate-grid sides: a bounding box of n pixels is tested on the smallest listed side >= n (then powers of two).
+_GRID_SIDES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 
 
 @dataclass
 class Fragments:
-    """Per-pixel result of :func:`rasterize` for B frames of H×W pixels."""
+    """Per-pixel result of :func:`rasterize` for B frames of H×W pixels.
 
-    face_id: torch.Tensor  # [B, H, W] int64 index into ``faces``; -1 on background
-    bary: torch.Tensor  # [B, H, W, 3] perspective-correct barycentric weights of the face's corners; 0 on background
-    depth: torch.Tensor  # [B, H, W] camera-space z of the visible surface; +inf on background
+    Stored compactly (the covered pixels only); the full-size maps ``face_id`` [B, H, W] int64 (-1 = background),
+    ``bary`` [B, H, W, 3] (perspective-correct, 0 on background) and ``depth`` [B, H, W] (camera z, +inf on
+    background) are built on first access. Shading code uses the compact fields directly, which is much faster.
+    """
 
-    @property
+    size: tuple[int, int, int]  # (B, H, W)
+    covered: torch.Tensor  # [P] int64 flat pixel indices b·H·W + i·W + j, ascending
+    covered_face: torch.Tensor  # [P] int64 face index of each covered pixel
+    covered_bary: torch.Tensor  # [P, 3] perspective-correct barycentrics
+    covered_depth: torch.Tensor  # [P] camera z
+
+    def _full(self, values: torch.Tensor, fill: float, channels: int = 0) -> torch.Tensor:
+        batch, height, width = self.size
+        shape = (batch * height * width,) + ((channels,) if channels else ())
+        out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
+        out[self.covered] = values
+        return out.view(self.size + ((channels,) if channels else ()))
+
+    @cached_property
+    def face_id(self) -> torch.Tensor:
+        return self._full(self.covered_face, -1)
+
+    @cached_property
+    def bary(self) -> torch.Tensor:
+        return self._full(self.covered_bary, 0.0, 3)
+
+    @cached_property
+    def depth(self) -> torch.Tensor:
+        return self._full(self.covered_depth, float("inf"))
+
+    @cached_property
     def mask(self) -> torch.Tensor:
         """[B, H, W] bool: pixels covered by the mesh."""
-        return self.face_id >= 0
+        batch, height, width = self.size
+        out = torch.zeros(batch * height * width, dtype=torch.bool, device=self.covered.device)
+        out[self.covered] = True
+        return out.view(self.size)
+
+    def scatter(self, values: torch.Tensor, background: float | torch.Tensor) -> torch.Tensor:
+        """Compact per-pixel ``values`` [P, C] → image [B, H, W, C] over a constant ``background``."""
+        batch, height, width = self.size
+        out = values.new_empty(batch * height * width, values.shape[-1])
+        out[:] = torch.as_tensor(background, dtype=values.dtype, device=values.device)
+        out[self.covered] = values
+        return out.view(batch, height, width, -1)
 
 
-def _bucket_size(n: torch.Tensor) -> torch.Tensor:
-    """Candidate-grid side for bounding boxes of ``n`` pixels: exact when small, else the next power of two."""
+def _grid_side(n: torch.Tensor) -> torch.Tensor:
+    """Smallest candidate-grid side that holds a bounding box of ``n`` pixels."""
+    sides = n.new_tensor(_GRID_SIDES)
     pow2 = torch.exp2(torch.ceil(torch.log2(n.clamp(min=1).float()))).long()
-    return torch.where(n <= _EXACT_BOX, n, pow2)
+    listed = sides[torch.searchsorted(sides, n.clamp(max=_GRID_SIDES[-1]).contiguous())]
+    return torch.where(n <= _GRID_SIDES[-1], listed, pow2)
 
 
 def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int],
@@ -56,99 +97,107 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, 
     height, width = int(image_size[0]), int(image_size[1])
     batch, device = points.shape[0], points.device
     faces = faces.to(device=device, dtype=torch.long)
-    pts = points.float()
-    tri = pts[:, faces]  # [B, F, 3 corners, 3]
-    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
-    area2 = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
-    # Pixel-centre bounding box: columns j with xmin <= j + 0.5 <= xmax.
-    j0 = torch.ceil(x.amin(-1) - 0.5).clamp(min=0)
-    j1 = torch.floor(x.amax(-1) - 0.5).clamp(max=width - 1)
-    i0 = torch.ceil(y.amin(-1) - 0.5).clamp(min=0)
-    i1 = torch.floor(y.amax(-1) - 0.5).clamp(max=height - 1)
-    keep = (area2.abs() > 1e-9) & (z.amin(-1) > near) & (j1 >= j0) & (i1 >= i0) & torch.isfinite(area2)
+    num_faces = faces.shape[0]
+    tri = points.float().index_select(1, faces.reshape(-1)).view(batch * num_faces, 3, 3)  # [B·F, corner, xyz]
+    x, y, z = tri.permute(2, 0, 1).contiguous().unbind(0)  # each [B·F, 3]
+    area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    # Pixel-centre bounding box: columns j with xmin <= j + 0.5 <= xmax (likewise rows).
+    xmin, xmax = x.aminmax(dim=1)
+    ymin, ymax = y.aminmax(dim=1)
+    j0, j1 = torch.ceil(xmin - 0.5), torch.floor(xmax - 0.5)
+    i0, i1 = torch.ceil(ymin - 0.5), torch.floor(ymax - 0.5)
+    clipped = (j0 < 0) | (i0 < 0) | (j1 > width - 1) | (i1 > height - 1)
+    j0, i0 = j0.clamp(min=0), i0.clamp(min=0)
+    j1, i1 = j1.clamp(max=width - 1), i1.clamp(max=height - 1)
+    keep = (area2.abs() > 1e-9) & (z.amin(dim=1) > near) & (j1 >= j0) & (i1 >= i0) & torch.isfinite(area2)
     if cull_backfaces:
         # In y-down pixel coordinates a counter-clockwise (front-facing) triangle has negative signed area.
         keep &= area2 < 0
-    frame_idx, face_idx = keep.nonzero(as_tuple=True)  # compact list of the N triangles worth rasterising
-    sel = (frame_idx, face_idx)
-    x, y, z, area2 = x[sel], y[sel], z[sel], area2[sel]
-    j0, j1, i0, i1 = j0[sel], j1[sel], i0[sel], i1[sel]
 
-    # Screen-space barycentric planes l_k(dx, dy) = o_k + gx_k * dx + gy_k * dy, with (dx, dy) the integer pixel
-    # offset from the box's first pixel centre (small numbers keep float32 precise anywhere on the image).
+    # Linear forms over the integer offset (dx, dy) from the box's first pixel centre (small numbers keep float32
+    # precise anywhere on the image): screen barycentrics l0, l1 and inverse depth 1/z, which is linear in screen
+    # space. Row k of ``forms`` holds (value at the origin, d/dx, d/dy).
     ox, oy = j0 + 0.5, i0 + 0.5
     inv = 1.0 / area2
     l0 = ((x[:, 1] - ox) * (y[:, 2] - oy) - (x[:, 2] - ox) * (y[:, 1] - oy)) * inv
     l1 = ((x[:, 2] - ox) * (y[:, 0] - oy) - (x[:, 0] - ox) * (y[:, 2] - oy)) * inv
-    coeffs = torch.stack([
-        l0, (y[:, 1] - y[:, 2]) * inv, (x[:, 2] - x[:, 1]) * inv,
-        l1, (y[:, 2] - y[:, 0]) * inv, (x[:, 0] - x[:, 2]) * inv,
-        1.0 / z[:, 0], 1.0 / z[:, 1], 1.0 / z[:, 2],
-    ], dim=1)  # [N, 9]
-    box_w = (j1 - j0 + 1).long()
-    box_h = (i1 - i0 + 1).long()
-    base = frame_idx * (height * width) + i0.long() * width + j0.long()  # flat index of each box's first pixel
+    l0x, l0y = (y[:, 1] - y[:, 2]) * inv, (x[:, 2] - x[:, 1]) * inv
+    l1x, l1y = (y[:, 2] - y[:, 0]) * inv, (x[:, 0] - x[:, 2]) * inv
+    iz = 1.0 / z
+    d0, d1 = iz[:, 0] - iz[:, 2], iz[:, 1] - iz[:, 2]
+    forms = torch.stack([
+        l0, l0x, l0y,
+        l1, l1x, l1y,
+        iz[:, 2] + l0 * d0 + l1 * d1, l0x * d0 + l1x * d1, l0y * d0 + l1y * d1,
+    ], dim=1).view(-1, 3, 3)
+    box_w, box_h = (j1 - j0 + 1).long(), (i1 - i0 + 1).long()
+    frame = torch.arange(batch, device=device).repeat_interleave(num_faces)
+    base = frame * (height * width) + i0.long() * width + j0.long()  # flat index of each box's first pixel
 
-    index_bits = max(1, int(coeffs.shape[0]).bit_length())
-    empty_key = torch.iinfo(torch.int64).max
-    zbuf = torch.full((batch * height * width,), empty_key, dtype=torch.int64, device=device)
-    bucket_w, bucket_h = _bucket_size(box_w), _bucket_size(box_h)
-    bucket_key = bucket_w * 65536 + bucket_h
-    for key in torch.unique(bucket_key).tolist():
-        bw, bh = key // 65536, key % 65536
-        members = (bucket_key == key).nonzero(as_tuple=True)[0]
-        dy, dx = torch.meshgrid(torch.arange(bh, device=device), torch.arange(bw, device=device), indexing="ij")
-        dx, dy = dx.reshape(1, -1), dy.reshape(1, -1)
-        step = max(1, _MAX_CANDIDATES // (bw * bh))
-        for start in range(0, members.shape[0], step):
+    # Packed key: inverse depth's float bits (monotonic for positive floats) above the triangle's index, so the
+    # largest key is the nearest surface; 0 = background.
+    index_bits = max(1, batch * num_faces).bit_length()
+    zbuf = torch.zeros(batch * height * width, dtype=torch.int64, device=device)
+    grid_w, grid_h = _grid_side(box_w), _grid_side(box_h)
+    bucket_key = torch.where(keep, grid_w * 65536 + grid_h, -1)  # -1: culled, never rasterised
+    order = torch.argsort(bucket_key)
+    keys, counts = torch.unique_consecutive(bucket_key.index_select(0, order), return_counts=True)
+    last_pixel = zbuf.shape[0] - 1
+    offset = 0
+    for key, count in zip(keys.tolist(), counts.tolist()):
+        members = order[offset:offset + count]
+        offset += count
+        if key < 0:
+            continue
+        gw, gh = key // 65536, key % 65536
+        dy, dx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+        dx, dy = dx.reshape(-1), dy.reshape(-1)
+        grid = torch.stack([torch.ones_like(dx), dx, dy]).float()  # [3, S]
+        pixel_offset = (dy * width + dx)[None, :]
+        step = max(1, _MAX_CANDIDATES // (gw * gh))
+        for start in range(0, count, step):
             m = members[start:start + step]
-            c = coeffs[m]
-            dxf, dyf = dx.float(), dy.float()
-            w0 = c[:, 0:1] + c[:, 1:2] * dxf + c[:, 2:3] * dyf
-            w1 = c[:, 3:4] + c[:, 4:5] * dxf + c[:, 5:6] * dyf
-            w2 = 1.0 - w0 - w1
-            inside = (w0 >= -_INSIDE_EPS) & (w1 >= -_INSIDE_EPS) & (w2 >= -_INSIDE_EPS)
-            inside &= (dx < box_w[m, None]) & (dy < box_h[m, None])
-            depth = 1.0 / (w0 * c[:, 6:7] + w1 * c[:, 7:8] + w2 * c[:, 8:9])
-            packed = (depth.view(torch.int32).long() << index_bits) | m[:, None]
-            packed = torch.where(inside & (depth > 0), packed, torch.full_like(packed, empty_key))
-            # Out-of-box candidates carry the empty key, so clamping their offsets keeps indices in the image.
-            pix = base[m, None] + torch.minimum(dy, box_h[m, None] - 1) * width + torch.minimum(dx, box_w[m, None] - 1)
-            zbuf.scatter_reduce_(0, pix.reshape(-1), packed.reshape(-1), reduce="amin", include_self=True)
+            values = (forms.index_select(0, m).view(-1, 3) @ grid).view(m.shape[0], 3, -1)  # [n, (l0, l1, 1/z), S]
+            w0, w1, inv_depth = values.unbind(1)
+            inside = (w0 >= -_INSIDE_EPS) & (w1 >= -_INSIDE_EPS) & (w0 + w1 <= 1.0 + _INSIDE_EPS) & (inv_depth > 0)
+            if bool(clipped.index_select(0, m).any()) or gw > _GRID_SIDES[3] or gh > _GRID_SIDES[3]:
+                # Candidates beyond the (image-clamped) box may lie inside the triangle but off the image.
+                inside &= (dx[None, :] < box_w.index_select(0, m)[:, None])
+                inside &= (dy[None, :] < box_h.index_select(0, m)[:, None])
+            packed = ((inv_depth.view(torch.int32).long() << index_bits) + m[:, None]) * inside
+            pix = (base.index_select(0, m)[:, None] + pixel_offset).clamp(max=last_pixel)
+            zbuf.scatter_reduce_(0, pix.reshape(-1), packed.reshape(-1), reduce="amax", include_self=True)
 
-    face_id = torch.full((batch * height * width,), -1, dtype=torch.long, device=device)
-    bary = torch.zeros(batch * height * width, 3, device=device)
-    depth = torch.full((batch * height * width,), float("inf"), device=device)
-    covered = (zbuf != empty_key).nonzero(as_tuple=True)[0]
-    tri_idx = zbuf[covered] & ((1 << index_bits) - 1)
-    c = coeffs[tri_idx]
-    rem = covered - base[tri_idx]
-    dyf, dxf = (rem // width).float(), (rem % width).float()
-    w0 = c[:, 0] + c[:, 1] * dxf + c[:, 2] * dyf
-    w1 = c[:, 3] + c[:, 4] * dxf + c[:, 5] * dyf
-    screen = torch.stack([w0, w1, 1.0 - w0 - w1], dim=1).clamp(min=0.0)
-    persp = screen * c[:, 6:9]  # perspective correction: weights / z, renormalised
+    covered = zbuf.nonzero(as_tuple=True)[0]
+    tri_idx = zbuf.index_select(0, covered) & ((1 << index_bits) - 1)
+    rem = covered - base.index_select(0, tri_idx)
+    dyf, dxf = torch.div(rem, width, rounding_mode="floor").float(), (rem % width).float()
+    grid = torch.stack([torch.ones_like(dxf), dxf, dyf], dim=1)  # [P, 3]
+    screen = (forms.index_select(0, tri_idx)[:, :2] @ grid[:, :, None])[..., 0]  # [P, 2]: l0, l1
+    screen = torch.cat([screen, 1.0 - screen.sum(dim=1, keepdim=True)], dim=1).clamp(min=0.0)
+    persp = screen * iz.index_select(0, tri_idx)  # perspective correction: weights / z, renormalised
     inv_depth = persp.sum(dim=1, keepdim=True)
-    face_id[covered] = face_idx[tri_idx]
-    bary[covered] = persp / inv_depth
-    depth[covered] = 1.0 / inv_depth[:, 0]
-    return Fragments(face_id=face_id.view(batch, height, width), bary=bary.view(batch, height, width, 3),
-                     depth=depth.view(batch, height, width))
+    face = tri_idx - frame.index_select(0, tri_idx) * num_faces
+    return Fragments(size=(batch, height, width), covered=covered, covered_face=face,
+                     covered_bary=persp / inv_depth, covered_depth=1.0 / inv_depth[:, 0])
 
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
     """Per-pixel vertex ``attributes`` ([B, V, C] per frame or [V, C] shared) → [B, H, W, C]; zeros on background."""
-    batch, height, width = fragments.face_id.shape
+    return fragments.scatter(interpolate_covered(fragments, faces, attributes), 0.0)
+
+
+def interpolate_covered(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    """Like :func:`interpolate` but only for the covered pixels, in ``fragments.covered`` order: [P, C].
+
+    Shading works on this compact list (the body covers a fraction of the frame), which is several times faster.
+    """
+    _, height, width = fragments.size
     faces = faces.to(device=attributes.device, dtype=torch.long)
-    flat_face = fragments.face_id.reshape(-1)
-    covered = (flat_face >= 0).nonzero(as_tuple=True)[0]
-    corners = faces[flat_face[covered]]  # [P, 3] vertex ids
-    weights = fragments.bary.reshape(-1, 3)[covered].to(attributes.dtype)
-    if attributes.dim() == 2:
-        values = attributes[corners]  # [P, 3, C]
-    else:
-        frame = covered // (height * width)
-        values = attributes[frame[:, None], corners]
-    out = attributes.new_zeros(batch * height * width, attributes.shape[-1])
-    out[covered] = (values * weights[..., None]).sum(dim=1)
-    return out.view(batch, height, width, -1)
+    corners = faces.index_select(0, fragments.covered_face)  # [P, 3] vertex ids
+    channels = attributes.shape[-1]
+    if attributes.dim() == 3:
+        frame = torch.div(fragments.covered, height * width, rounding_mode="floor")
+        corners = corners + (frame * attributes.shape[1])[:, None]
+    values = attributes.reshape(-1, channels).index_select(0, corners.reshape(-1)).view(-1, 3, channels)
+    return (values * fragments.covered_bary.to(attributes.dtype)[..., None]).sum(dim=1)

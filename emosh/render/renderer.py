@@ -98,13 +98,13 @@ class _FrameRenderer:
                 cam_normals = shading.vertex_normals(cam, self.faces)
                 color, normals = shading.surface_maps(fragments, self.faces, self.colors, cam_normals)
                 if "hybrid" in modes:
-                    out["hybrid"] = shading.shaded(fragments, color, normals)
+                    out["hybrid"] = shading.shaded(fragments, color, normals, as_uint8=True)
                 if "normal" in modes:
                     out["normal"] = shading.normal_map(fragments, normals)
             if "depth" in modes:
                 out["depth"] = shading.depth_map(fragments)
             if "mask" in modes:
-                out["mask"] = fragments.mask.float()
+                out["mask"] = fragments.mask.float()[..., None]
             if "parts" in modes:
                 out["parts"] = shading.parts_map(fragments, self.faces, self.part_labels)
             if "hybrid" in modes or "keypoints" in modes:
@@ -120,16 +120,16 @@ class _FrameRenderer:
         """OpenCV drawing needs host arrays: one transfer per batch, then back to the render device."""
         points, vis = pixels.cpu().numpy(), visible.cpu().numpy()
         if "hybrid" in modes:
-            canvases = (out["hybrid"] * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+            canvases = out["hybrid"].cpu().numpy()
             for i in range(canvases.shape[0]):
                 draw.draw_frame(canvases[i], points[i], vis[i], draw.STYLES["hybrid"])
-            out["hybrid"] = torch.from_numpy(canvases).to(self.device).float() / 255.0
+            out["hybrid"] = torch.from_numpy(canvases).to(self.device)
         if "keypoints" in modes:
             height, width = self.size
             canvases = np.zeros((points.shape[0], height, width, 3), np.uint8)
             for i in range(canvases.shape[0]):
                 draw.draw_frame(canvases[i], points[i], vis[i], draw.STYLES[style])
-            out["keypoints"] = torch.from_numpy(canvases).to(self.device).float() / 255.0
+            out["keypoints"] = torch.from_numpy(canvases).to(self.device)
 
 
 def rasterize_track(model: BodyModel, track: EHMTrack, focal: torch.Tensor, size: tuple[int, int],

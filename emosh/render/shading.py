@@ -13,7 +13,7 @@ import colorsys
 import torch
 
 from ..body.model import BodyModel
-from .raster import Fragments, interpolate
+from .raster import Fragments, interpolate_covered
 
 # Hue (degrees) by normalised height: magenta feet, violet hips, blue chest, green shoulders and head.
 _HUE_BY_HEIGHT = ((0.0, 300.0), (0.5, 250.0), (0.7, 205.0), (0.85, 150.0), (1.0, 135.0))
@@ -76,44 +76,45 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 def surface_maps(fragments: Fragments, faces: torch.Tensor, colors: torch.Tensor,
                  cam_normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interpolated per-pixel colour [B, H, W, 3] and unit camera-space normal [B, H, W, 3] in one pass."""
+    """Semantic colour [P, 3] and unit camera-space normal [P, 3] of the covered pixels, in one interpolation."""
     batch = cam_normals.shape[0]
     attributes = torch.cat([colors.expand(batch, -1, -1), cam_normals], dim=-1)
-    maps = interpolate(fragments, faces, attributes)
-    return maps[..., :3], torch.nn.functional.normalize(maps[..., 3:], dim=-1, eps=1e-12)
+    maps = interpolate_covered(fragments, faces, attributes)
+    return maps[:, :3], torch.nn.functional.normalize(maps[:, 3:], dim=-1, eps=1e-12)
 
 
 def lambert(normals: torch.Tensor) -> torch.Tensor:
-    """Ambient + diffuse intensity [B, H, W, 1] for camera-space normals (two-sided, so thin parts stay lit)."""
+    """Ambient + diffuse intensity [..., 1] for camera-space normals (two-sided, so thin parts stay lit)."""
     light = normals.new_tensor(_LIGHT_DIR)
     light = light / light.norm()
     return _AMBIENT + _DIFFUSE * (normals @ light).abs()[..., None]
 
 
-def shaded(fragments: Fragments, color: torch.Tensor, normals: torch.Tensor,
-           background: float = 1.0) -> torch.Tensor:
-    """Semantic colour × lighting over a flat ``background`` → [B, H, W, 3] float in [0, 1]."""
-    image = (color * lambert(normals)).clamp(0.0, 1.0)
-    return torch.where(fragments.mask[..., None], image, torch.full_like(image, background))
+def shaded(fragments: Fragments, color: torch.Tensor, normals: torch.Tensor, background: float = 1.0,
+           as_uint8: bool = False) -> torch.Tensor:
+    """Semantic colour × lighting over a flat ``background`` → [B, H, W, 3] (float 0..1, or uint8 0..255)."""
+    lit = (color * lambert(normals)).clamp(0.0, 1.0)
+    if as_uint8:
+        return fragments.scatter((lit * 255.0 + 0.5).to(torch.uint8), int(round(background * 255)))
+    return fragments.scatter(lit, background)
 
 
 def normal_map(fragments: Fragments, normals: torch.Tensor) -> torch.Tensor:
     """Normals as colours in the usual normal-map convention (x right, y up, z toward the viewer → RGB 0..1);
     background black."""
-    flipped = normals * normals.new_tensor([1.0, -1.0, -1.0])
-    image = flipped * 0.5 + 0.5
-    return torch.where(fragments.mask[..., None], image, torch.zeros_like(image))
+    return fragments.scatter(normals * normals.new_tensor([0.5, -0.5, -0.5]) + 0.5, 0.0)
 
 
 def depth_map(fragments: Fragments) -> torch.Tensor:
     """Inverse depth normalised per frame over the body (near = 1, far = 0.1; background 0), MiDaS-like."""
-    mask = fragments.mask
-    inv = torch.where(mask, 1.0 / fragments.depth, torch.zeros_like(fragments.depth))
-    flat = inv.flatten(1)
-    hi = flat.amax(dim=1).view(-1, 1, 1)
-    lo = torch.where(mask, inv, torch.full_like(inv, float("inf"))).flatten(1).amin(dim=1).view(-1, 1, 1)
+    batch, height, width = fragments.size
+    inv = 1.0 / fragments.covered_depth
+    frame = torch.div(fragments.covered, height * width, rounding_mode="floor")
+    hi = inv.new_full((batch,), -float("inf")).scatter_reduce(0, frame, inv, reduce="amax")
+    lo = inv.new_full((batch,), float("inf")).scatter_reduce(0, frame, inv, reduce="amin")
+    hi, lo = hi.index_select(0, frame), lo.index_select(0, frame)
     scaled = 0.1 + 0.9 * (inv - lo) / (hi - lo).clamp(min=1e-12)
-    return torch.where(mask, scaled, torch.zeros_like(inv))[..., None].expand(-1, -1, -1, 3)
+    return fragments.scatter(scaled[:, None].expand(-1, 3), 0.0)
 
 
 def part_palette(num_parts: int, device: torch.device) -> torch.Tensor:
@@ -122,10 +123,12 @@ def part_palette(num_parts: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(colours, device=device, dtype=torch.float32)
 
 
+def covered_parts(fragments: Fragments, faces: torch.Tensor, part_labels: torch.Tensor) -> torch.Tensor:
+    """Body-part index [P] of each covered pixel (the part of its face's first corner)."""
+    return part_labels.index_select(0, faces[:, 0].index_select(0, fragments.covered_face))
+
+
 def parts_map(fragments: Fragments, faces: torch.Tensor, part_labels: torch.Tensor) -> torch.Tensor:
-    """Part-label colour of the visible face's first corner [B, H, W, 3]; background black."""
+    """Part-label colours [B, H, W, 3]; background black."""
     palette = part_palette(int(part_labels.max()) + 1, part_labels.device)
-    face_part = part_labels[faces[:, 0]]
-    idx = face_part[fragments.face_id.clamp(min=0)]
-    image = palette[idx]
-    return torch.where(fragments.mask[..., None], image, torch.zeros_like(image))
+    return fragments.scatter(palette.index_select(0, covered_parts(fragments, faces, part_labels)), 0.0)
