@@ -16,7 +16,6 @@ How it is fast without a compiled kernel:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -27,20 +26,31 @@ _MAX_CANDIDATES = 1 << 21  # candidate pixels per vectorised pass (bounds memory
 _GRID_SIDES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 
 
-@dataclass
 class Fragments:
     """Per-pixel result of :func:`rasterize` for B frames of H×W pixels.
 
     Stored compactly (the covered pixels only); the full-size maps ``face_id`` [B, H, W] int64 (-1 = background),
     ``bary`` [B, H, W, 3] (perspective-correct, 0 on background) and ``depth`` [B, H, W] (camera z, +inf on
     background) are built on first access. Shading code uses the compact fields directly, which is much faster.
+    ``Fragments(face_id=..., bary=..., depth=...)`` builds one from full maps (e.g. a crop of another).
     """
 
-    size: tuple[int, int, int]  # (B, H, W)
-    covered: torch.Tensor  # [P] int64 flat pixel indices b·H·W + i·W + j, ascending
-    covered_face: torch.Tensor  # [P] int64 face index of each covered pixel
-    covered_bary: torch.Tensor  # [P, 3] perspective-correct barycentrics
-    covered_depth: torch.Tensor  # [P] camera z
+    def __init__(self, face_id: torch.Tensor | None = None, bary: torch.Tensor | None = None,
+                 depth: torch.Tensor | None = None, *, size: tuple[int, int, int] | None = None,
+                 covered: torch.Tensor | None = None, covered_face: torch.Tensor | None = None,
+                 covered_bary: torch.Tensor | None = None, covered_depth: torch.Tensor | None = None):
+        if face_id is not None:
+            size = tuple(face_id.shape)
+            covered = (face_id.reshape(-1) >= 0).nonzero(as_tuple=True)[0]
+            covered_face = face_id.reshape(-1).index_select(0, covered)
+            covered_bary = bary.reshape(-1, 3).index_select(0, covered)
+            covered_depth = depth.reshape(-1).index_select(0, covered)
+            self.face_id, self.bary, self.depth = face_id, bary, depth  # cached_property slots, already known
+        self.size: tuple[int, int, int] = tuple(int(n) for n in size)  # (B, H, W)
+        self.covered = covered  # [P] int64 flat pixel indices b·H·W + i·W + j, ascending
+        self.covered_face = covered_face  # [P] int64 face index of each covered pixel
+        self.covered_bary = covered_bary  # [P, 3] perspective-correct barycentrics
+        self.covered_depth = covered_depth  # [P] camera z
 
     def _full(self, values: torch.Tensor, fill: float, channels: int = 0) -> torch.Tensor:
         batch, height, width = self.size
