@@ -38,7 +38,8 @@ class EHMBodyModelLoader:
                            "files in models/emosh/body/."}),
             "device": (list(DEVICES), {
                 "default": "auto",
-                "tooltip": "Where the body model runs: auto = ComfyUI's device (GPU when present), or force cpu/cuda."}),
+                "tooltip": "Where the body model runs: auto = ComfyUI's device (GPU when present), or force "
+                           "cpu/cuda."}),
         }}
 
     def load(self, backend: str, device: str):

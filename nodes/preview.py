@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from .common import (EHM_MODEL, EHM_TRACK, ROOT_CATEGORY, Progress, as_image, check_image, image_to_uint8,
-                     lib,
-                     mask_from_float, mask_to_float)
+                     lib, mask_from_float, mask_to_float)
 
 
 class EmoshPreviewAnimate:

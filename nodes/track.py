@@ -5,6 +5,7 @@ between nodes on the CPU (a few hundred numbers per frame) and are never modifie
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .common import (EHM_MODEL, EHM_TRACK, ROOT_CATEGORY, Progress, check_image, image_to_uint8, lib,
@@ -70,7 +71,7 @@ class EHMTracker:
         frames = image_to_uint8(images)
         if mask is not None:
             keep = mask_to_float(mask, frames.shape[0], frames.shape[1], frames.shape[2]).numpy()[..., None] >= 0.5
-            frames = torch.from_numpy(frames).where(torch.from_numpy(keep), torch.tensor(128, dtype=torch.uint8)).numpy()
+            frames = np.where(keep, frames, np.uint8(128))  # grey outside the mask: the detector sees one person
         reference = mode == "reference image"
         count = 1 if reference else frames.shape[0]
         bar = Progress(count)
@@ -181,8 +182,8 @@ class EHMTrackEdit:
 
 class EHMTrackMix:
     DESCRIPTION = ("Combines performances: body motion, camera and shape from one track, fingers from a second, face "
-                   "(expression, jaw, eye gaze, head turn) from a third, each with its own time offset; tracks at other "
-                   "frame rates are resampled. E.g. a talking-head performance on a dance.")
+                   "(expression, jaw, eye gaze, head turn) from a third, each with its own time offset; tracks at "
+                   "other frame rates are resampled. E.g. a talking-head performance on a dance.")
     CATEGORY = CATEGORY
     FUNCTION = "mix"
     RETURN_TYPES = (EHM_TRACK,)
@@ -191,7 +192,9 @@ class EHMTrackMix:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        part = lambda p, what: ("BOOLEAN", {"default": True, "tooltip": f"Take the {what} from the face track."})  # noqa: E731
+        def part(what: str) -> tuple:
+            return ("BOOLEAN", {"default": True, "tooltip": f"Take the {what} from the face track."})
+
         return {
             "required": {
                 "body_model": _model_input(),
@@ -200,10 +203,10 @@ class EHMTrackMix:
                                            "tooltip": "Seconds into the hands track at the first output frame."}),
                 "face_offset": ("FLOAT", {"default": 0.0, "min": -3600.0, "max": 3600.0, "step": 0.01,
                                           "tooltip": "Seconds into the face track at the first output frame."}),
-                "face_expression": part("expression", "facial expression (brows, cheeks, mouth, blinks)"),
-                "face_jaw": part("jaw", "jaw (mouth opening, speech)"),
-                "face_eyes": part("eyes", "eye gaze"),
-                "face_head": part("head", "head and neck rotation"),
+                "face_expression": part("facial expression (brows, cheeks, mouth, blinks)"),
+                "face_jaw": part("jaw (mouth opening, speech)"),
+                "face_eyes": part("eye gaze"),
+                "face_head": part("head and neck rotation"),
                 "output_fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 0.01,
                                          "tooltip": "Resample the result to this frame rate; 0 = the body track's."}),
             },

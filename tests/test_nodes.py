@@ -45,7 +45,8 @@ def test_every_module_loads_without_comfyui():
 def _inputs(cls) -> dict[str, tuple[str, tuple]]:
     spec = cls.INPUT_TYPES()
     assert set(spec) <= {"required", "optional", "hidden"} and "required" in spec
-    return {name: (section, value) for section in ("required", "optional") for name, value in spec.get(section, {}).items()}
+    return {name: (section, value) for section in ("required", "optional")
+            for name, value in spec.get(section, {}).items()}
 
 
 @pytest.mark.parametrize("node_id", sorted(EXPECTED))
