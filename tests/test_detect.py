@@ -117,6 +117,23 @@ def test_several_people_keep_largest(astronaut):
         assert x1 - x0 > 0.12 * 512
 
 
+def test_several_people_in_video_follow_largest(carphone_path):
+    """Tracking mode: two talking heads (one at 0.6x); the detector stays on the larger one and warns once."""
+    frames = read_frames(carphone_path, max_frames=30, long_side=352)  # 352x288
+    small = [cv2.resize(f, (211, 173), interpolation=cv2.INTER_AREA) for f in frames[::-1]]
+    video = np.full((30, 288, 352 + 221, 3), 90, np.uint8)
+    video[:, :, 221:] = frames
+    for k in range(30):
+        video[k, 288 - 173:, :211] = small[k]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dets = detect_frames(video)
+    assert sum(issubclass(w.category, MultiplePeopleWarning) for w in caught) == 1
+    assert np.mean([d.num_people >= 2 for d in dets]) >= 0.8
+    on_big = [d.part_found("face") and d.landmarks[FACE][:, 0].min() > 221 for d in dets]
+    assert np.mean(on_big) >= 0.9
+
+
 def test_odd_inputs(astronaut, holistic_astronaut):
     gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     rgba = np.concatenate([astronaut, np.full(astronaut.shape[:2] + (1,), 255, np.uint8)], 2)
@@ -178,7 +195,7 @@ def test_tasks_backend_several_people(task_dir, astronaut):
 
 def test_tasks_hands_on_dance_video(task_dir, shared_real):
     """Video mode on a real dance: body and hands agree with holistic, and hands land on the same anatomical side."""
-    frames = read_frames(shared_real / "fullbody_dance.mp4", max_frames=40)
+    frames = read_frames(shared_real / "fullbody_dance.mp4", max_frames=30, long_side=512)
     height = frames.shape[1]
     ref = detect_frames(frames, backend="holistic")
     with warnings.catch_warnings():
@@ -192,5 +209,5 @@ def test_tasks_hands_on_dance_video(task_dir, shared_real):
             if a.confidence[group].any() and b.confidence[group].any():
                 compared += 1
                 assert np.linalg.norm(a.landmarks[group][0] - b.landmarks[group][0]) < 0.05 * height
-    assert compared >= 20
+    assert compared >= 15
     assert np.mean([d.part_found("left_hand") or d.part_found("right_hand") for d in got]) > 0.5

@@ -198,8 +198,8 @@ def _suppress_overlaps(boxes: list[np.ndarray]) -> list[np.ndarray]:
 class _HolisticBackend:
     """mediapipe solutions.holistic, following the largest person when several faces are seen."""
 
-    # A person's box from their face box, in face widths: arms spread ~4.5 either side, feet ~9 below the chin.
-    _CROP_SIDE, _CROP_UP, _CROP_DOWN = 4.5, 1.2, 9.5
+    # A person's box from their face box, in face widths: arms spread ~4.5 either side, feet ~10 below the eyes.
+    _CROP_SIDE, _CROP_UP, _CROP_DOWN = 4.5, 1.5, 11.0
     _LOST_FRAMES = 30  # frames without the tracked face nearby before the largest person is chosen afresh
     _COUNT_EVERY = 5  # while one person is in view, look for others every 5th frame (face detection costs ~10 ms)
 
