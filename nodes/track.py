@@ -79,7 +79,10 @@ class EHMTracker:
             iter(frames[:count]), body_model, reference=reference, fps=fps, smoothing=smoothing,
             iterations=iterations or None, progress=lambda done, *_: bar.progress(done, count), cancel=bar.cancel,
             meta={"source": "ComfyUI IMAGE", "mode": mode})
-        overlay = lib("track.overlay").draw_overlay(frames[:count], track, body_model)
+        overlay = []
+        for frame in lib("track.overlay").overlay_frames(iter(frames[:count]), track, body_model):
+            bar.cancel()
+            overlay.append(frame)
         return (track.to("cpu"), uint8_to_image(overlay))
 
 
