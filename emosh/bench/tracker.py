@@ -1,0 +1,238 @@
+"""Tracker benchmark: ``python -m emosh.bench tracker --json`` (last stdout line is JSON).
+
+fit_synthetic: random plausible Anny shapes / poses / expressions / cameras → ground-truth landmarks projected,
+  noise σ = 1 % of the box height, 10 % of the points dropped → fit → kp2d_err_pct (mean, noise-free targets),
+  pampjpe_body_mm (15 body joints, per-frame similarity Procrustes), hand_err_mm (wrist + 15 finger joints per
+  hand, wrist-relative after a rigid alignment of each hand), expr_mae (52 facial actions); reference mode on
+  single frames → shape_err (mean |Δ phenotype|).
+real: the real dance videos in ../shared/data/real (skipped when absent) → reproj_err_pct, detected_ratio,
+  jitter_ratio (mean |2nd difference| of fitted 2D landmarks ÷ the same for raw detections, over points seen in
+  three consecutive frames).
+fps: end-to-end (decode + detect + fit) on a real video resized to 512 px.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import roma
+import torch
+
+from ..body import load_body_model
+from ..body.camera import default_focal, project, view_rotation
+from ..body.model import BodyModel
+from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack
+from ..track.correspondence import mesh_landmarks
+from ..track.fit import LandmarkBody, pose_basis
+from ..track.tracker import Detection, WindowedTracker, fitted_landmarks2d, person_box_height, reprojection_error_pct
+from .common import emit, peak_rss_mb
+
+REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+BODY_JOINTS = ["upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R", "wrist.L", "wrist.R",
+               "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R", "foot.L", "foot.R", "neck01", "head",
+               "spine03"]
+
+
+def _hand_joints(side: str) -> list[str]:
+    return [f"wrist.{side}"] + [f"finger{d}-{s}.{side}" for d in range(1, 6) for s in (1, 2, 3)]
+
+
+def _smooth_keys(keys: np.ndarray, frames: int, every: int) -> np.ndarray:
+    """Smoothstep interpolation of keyframes placed every ``every`` frames."""
+    out = []
+    for t in range(frames):
+        k, f = divmod(t, every)
+        a = f / every
+        a = a * a * (3 - 2 * a)
+        out.append((1 - a) * keys[k] + a * keys[min(k + 1, len(keys) - 1)])
+    return np.stack(out)
+
+
+def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tuple[int, int] = (512, 512),
+                       noise_pct: float = 1.0, drop: float = 0.1, every: int = 16) -> tuple[list[Detection], dict]:
+    """Random plausible motion of one random body seen by the tracker's camera; returns (detections, truth)."""
+    rng = np.random.default_rng(seed)
+    basis = pose_basis(model)
+    labels = [model.pose_labels[i] for i in basis.pose_index.tolist()]
+    n_keys = frames // every + 2
+    q = np.zeros((n_keys, len(labels), 3), np.float32)
+    for k in range(n_keys):
+        curl = rng.uniform(0, 1.1, size=(2, 5))
+        for a, name in enumerate(labels):
+            base = name.split(".")[0]
+            side = 0 if name.endswith("L") else 1
+            if base.startswith(("spine", "neck", "head")):
+                q[k, a] = rng.normal(0, 0.08, 3)
+            elif base.startswith("clavicle"):
+                q[k, a] = rng.normal(0, 0.04, 3)
+            elif base.startswith("upperarm"):
+                q[k, a] = rng.normal(0, 0.45, 3)
+            elif base.startswith("lowerarm"):
+                q[k, a] = [rng.uniform(0, 1.6), rng.normal(0, 0.05), rng.normal(0, 0.3)]
+            elif base.startswith("wrist"):
+                q[k, a] = rng.normal(0, 0.25, 3)
+            elif base.startswith("upperleg"):
+                q[k, a] = rng.normal(0, 0.2, 3)
+            elif base.startswith("lowerleg"):
+                q[k, a] = [rng.uniform(0, 0.8), rng.normal(0, 0.03), rng.normal(0, 0.1)]
+            elif base.startswith("foot"):
+                q[k, a] = rng.normal(0, 0.12, 3)
+            elif base.startswith("finger1"):
+                q[k, a] = rng.normal(0, 0.25, 3) + np.array([0.1, 0, 0])
+            elif base.startswith("finger"):
+                digit = int(base[6]) - 1
+                q[k, a] = [curl[side, digit] * rng.uniform(0.7, 1.0), rng.normal(0, 0.06) * (base[-1] == "1"), 0]
+    yaw = rng.uniform(-0.8, 0.8, n_keys)
+    orient = np.stack([rng.normal(0, 0.06, n_keys), rng.normal(0, 0.06, n_keys), yaw], 1).astype(np.float32)
+    expr = np.zeros((n_keys, len(model.expression_labels)), np.float32)
+    for k in range(n_keys):
+        active = rng.choice(len(model.expression_labels) - 1, size=4, replace=False)  # tongueOut stays 0
+        expr[k, active] = rng.uniform(0.1, 0.8, size=4)
+    depth = rng.uniform(2.3, 3.0)
+    cam_xy = rng.normal(0, 0.04, (n_keys, 2)).astype(np.float32)
+    shape = torch.tensor(rng.uniform(0.25, 0.75, len(model.shape_labels)), dtype=torch.float32)
+    dev = model.device
+    qt = torch.from_numpy(_smooth_keys(q, frames, every)).to(dev)
+    truth = dict(
+        shape=shape.to(dev), pose=basis.to_pose(qt, len(model.pose_labels)),
+        global_orient=torch.from_numpy(_smooth_keys(orient, frames, every)).to(dev),
+        expression=torch.from_numpy(_smooth_keys(expr, frames, every)).to(dev))
+    cxy = torch.from_numpy(_smooth_keys(cam_xy, frames, every)).to(dev)
+    cam_R = view_rotation(model.up_axis).to(dev)
+    p_cam = torch.cat([cxy * depth, torch.full((frames, 1), depth, device=dev)], 1)
+    p_cam[:, 1] += 0.1 * depth  # the pelvis sits a little below the image centre
+    truth["translation"] = p_cam @ cam_R
+    focal = default_focal(image_size)
+    with torch.no_grad():  # ground truth through the full model (the fitter uses its own landmark skinning)
+        body = model(truth["shape"], truth["pose"], truth["global_orient"], truth["translation"],
+                     truth["expression"])
+        pts3 = mesh_landmarks(model, body)
+        uv = project(pts3, torch.full((frames,), focal, device=dev), cam_R.expand(frames, 3, 3),
+                     torch.zeros(frames, 3, device=dev), image_size)
+    truth.update(focal=focal, image_size=image_size, joints=body.joints, landmarks2d=uv)
+    dets = []
+    h, w = image_size
+    for t in range(frames):
+        clean = uv[t].cpu().numpy()
+        inside = (clean[:, 0] >= 0) & (clean[:, 0] < w) & (clean[:, 1] >= 0) & (clean[:, 1] < h)
+        box = float(clean[inside, 1].max() - clean[inside, 1].min())
+        noisy = clean + rng.normal(0, noise_pct / 100.0 * box, clean.shape)
+        conf = np.where(inside & (rng.random(NUM_LANDMARKS) >= drop), 1.0, 0.0).astype(np.float32)
+        cam_pts = (pts3[t] @ cam_R.T).cpu().numpy()[:33]
+        world = cam_pts - 0.5 * (cam_pts[23] + cam_pts[24]) + rng.normal(0, 0.02, (33, 3))
+        dets.append(Detection(noisy.astype(np.float32) * conf[:, None], conf, world.astype(np.float32)))
+    return dets, truth
+
+
+def _procrustes_err(a: torch.Tensor, b: torch.Tensor, scale: bool) -> torch.Tensor:
+    """Per-frame mean distance after aligning a [T, N, 3] onto b (rotation + translation (+ scale))."""
+    out = roma.rigid_points_registration(a, b, compute_scaling=scale)
+    rot, t = out[0], out[1]
+    s = out[2] if scale else torch.ones(a.shape[0], device=a.device)
+    aligned = s[:, None, None] * a @ rot.transpose(1, 2) + t[:, None]
+    return (aligned - b).norm(dim=-1).mean(1)
+
+
+def fit_synthetic(model: BodyModel, frames: int = 64, seed: int = 0, reference_samples: int = 4,
+                  iterations: int | None = None) -> dict:
+    """Fit a synthetic sequence and return the accuracy metrics (and the fitting speed)."""
+    dets, truth = synthetic_sequence(model, frames, seed)
+    tracker = WindowedTracker(model, truth["image_size"], fps=25.0, focal=truth["focal"], iterations=iterations)
+    start = time.perf_counter()
+    for d in dets:
+        tracker.push(d)
+    track = tracker.finish()
+    fit_seconds = time.perf_counter() - start
+    res = synthetic_metrics(model, track, truth)
+    res["fit_fps"] = round(frames / fit_seconds, 2)
+    shape_errs = []
+    for k in range(reference_samples):
+        rdets, rtruth = synthetic_sequence(model, 1, seed + 100 + k)
+        ref = WindowedTracker(model, rtruth["image_size"], fps=25.0, focal=rtruth["focal"], reference=True)
+        ref.push(rdets[0])
+        shape_errs.append(float((ref.finish().shape - rtruth["shape"]).abs().mean()))
+    res["shape_err"] = round(float(np.mean(shape_errs)), 4)
+    return res
+
+
+def synthetic_metrics(model: BodyModel, track: EHMTrack, truth: dict) -> dict:
+    lb = LandmarkBody(model)
+    with torch.no_grad():
+        fitted2d = fitted_landmarks2d(track, model)
+        joints = lb.posed(lb.rest(track.shape), **track.motion())[1]
+    gt2d = truth["landmarks2d"]
+    h, w = truth["image_size"]
+    inside = (gt2d[..., 0] >= 0) & (gt2d[..., 0] < w) & (gt2d[..., 1] >= 0) & (gt2d[..., 1] < h)
+    box = torch.tensor([person_box_height(g.cpu().numpy(), inside[k].float().cpu().numpy(), (h, w))
+                        for k, g in enumerate(gt2d)], device=gt2d.device)
+    err = (fitted2d - gt2d).norm(dim=-1) / box[:, None] * 100.0
+    kp2d = float(err[inside].mean())
+    idx = [model.joint_labels.index(n) for n in BODY_JOINTS]
+    pampjpe = float(_procrustes_err(joints[:, idx], truth["joints"][:, idx], scale=True).mean()) * 1000.0
+    hand = []
+    for side in "LR":
+        hid = [model.joint_labels.index(n) for n in _hand_joints(side)]
+        a = joints[:, hid] - joints[:, hid[:1]]
+        b = truth["joints"][:, hid] - truth["joints"][:, hid[:1]]
+        hand.append(_procrustes_err(a, b, scale=False))
+    expr_mae = float((track.expression - truth["expression"]).abs().mean())
+    return dict(kp2d_err_pct=round(kp2d, 3), pampjpe_body_mm=round(pampjpe, 1),
+                hand_err_mm=round(float(torch.stack(hand).mean()) * 1000.0, 1), expr_mae=round(expr_mae, 4))
+
+
+def jitter_ratio(track: EHMTrack, fitted2d: torch.Tensor) -> float:
+    """Mean |second difference| of fitted landmarks ÷ that of the raw detections (points seen 3 frames in a row)."""
+    det = track.landmarks2d.to(fitted2d)
+    seen = track.confidence.to(fitted2d) >= 0.5
+    both = seen[2:] & seen[1:-1] & seen[:-2]
+    if not both.any():
+        return float("nan")
+    acc = lambda x: (x[2:] - 2 * x[1:-1] + x[:-2]).norm(dim=-1)  # noqa: E731
+    return float(acc(fitted2d)[both].mean() / acc(det)[both].mean().clamp(min=1e-6))
+
+
+def real_video(model: BodyModel, path: Path, max_frames: int | None) -> dict:
+    from ..track.tracker import track_file
+
+    start = time.perf_counter()
+    track = track_file(path, model, max_frames=max_frames, long_side=512)
+    seconds = time.perf_counter() - start
+    fitted = fitted_landmarks2d(track, model)
+    return dict(frames=track.num_frames, detected_ratio=round(float(track.detected.float().mean()), 3),
+                reproj_err_pct=round(reprojection_error_pct(track, model, fitted), 3),
+                jitter_ratio=round(jitter_ratio(track, fitted), 3), fps=round(track.num_frames / seconds, 2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emosh.bench tracker", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print only the JSON result line")
+    parser.add_argument("--frames", type=int, default=64, help="synthetic frames")
+    parser.add_argument("--real-frames", type=int, default=150, help="frames per real video (0 = all)")
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    model = load_body_model("anny", args.device)
+    result: dict = {"device": str(args.device), "torch_threads": torch.get_num_threads()}
+    result["fit_synthetic"] = fit_synthetic(model, frames=args.frames)
+    if not args.json:
+        print("fit_synthetic", result["fit_synthetic"], flush=True)
+    videos = sorted(REAL_DIR.glob("*.mp4")) if REAL_DIR.is_dir() and not args.skip_real else []
+    real = {}
+    for path in videos:
+        real[path.stem] = real_video(model, path, args.real_frames or None)
+        if not args.json:
+            print(path.stem, real[path.stem], flush=True)
+    if real:
+        result["real"] = real
+        result["fps"] = round(float(np.mean([r["fps"] for r in real.values()])), 2)
+    else:
+        result["real"] = "skipped: no videos in " + str(REAL_DIR)
+    result["targets"] = {"fps": 6, "kp2d_err_pct": 1.0, "pampjpe_body_mm": 50, "expr_mae": 0.08,
+                         "reproj_err_pct": 2.0, "jitter_ratio": 0.6}
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    emit(result)
+    return 0

@@ -1,0 +1,535 @@
+"""Confidence-aware, batched fitting of the Anny body to MediaPipe landmarks over a window of frames.
+
+Parameters per frame: active bone rotations (in per-bone anatomical frames so hinge joints and fingers get cheap,
+low-dimensional priors), global orientation, the pelvis position in the camera as (x/z, y/z, log z) — which keeps
+depth well conditioned — and 52 facial actions in [0, 1]. Shape (6 phenotypes) is shared by all frames.
+The camera is fixed: ``view_rotation``, zero translation, one focal length; the body moves in front of it.
+
+Loss = Geman-McClure reprojection error (in % of the person's box height, weighted by detection confidence)
+     + pose / finger / facial-action priors + second-difference smoothness on every per-frame parameter
+     (+ phenotype prior when the shape is optimised). Staged Adam: camera/global → body → hands and face.
+Only the ~1,500 vertices under a landmark are skinned (Anny's own kinematics, a small LBS), which is what makes
+the fit fast enough for video on a CPU.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import roma
+import torch
+
+from ..body.camera import view_rotation
+from ..body.model import BodyModel
+from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS
+from .correspondence import LandmarkTable, landmark_table
+
+BODY = slice(*LANDMARK_GROUPS["body"])
+HANDS = slice(LANDMARK_GROUPS["left_hand"][0], LANDMARK_GROUPS["right_hand"][1])
+FACE = slice(*LANDMARK_GROUPS["face"])
+# Face-mesh silhouette points: they slide over the cheeks as the head turns, so they are trusted less.
+FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
+             176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
+# Body points used to place the body before it is posed: face, shoulders, hips.
+TORSO_POINTS = list(range(0, 13)) + [23, 24]
+CONF_GATE = 0.3
+
+
+# ---------------------------------------------------------------------------------------------- landmark skinning
+class LandmarkBody:
+    """Anny restricted to the 553 landmarks: rest state once per shape, then FK + LBS of the needed vertices only.
+
+    Anny's 'local-ref' kinematics reduce to world-axis rotations: with G_c = G_parent · D_c (D = the bone's
+    rotation), the joint is j_c = j_parent + G_parent · o_c (o = the bone's offset in Anny's reference pose) and
+    the skinning transform is x ↦ G_c A_c (x - h_c) + j_c (A_c = reference · rest⁻¹ orientation, h = rest head).
+    Working on 3×3 rotations level by level and blending skinning transforms with a dense weight matrix is several
+    times faster than Anny's generic homogeneous chain; ``tests/test_tracker.py`` checks it against the full model.
+    """
+
+    def __init__(self, model: BodyModel, table: LandmarkTable | None = None):
+        if model.backend != "anny":
+            raise ValueError("the tracker fits the Anny body model; load_body_model('anny')")
+        self.model = model
+        self.table = table if table is not None else landmark_table(model)
+        m = model._model
+        dev = model.device
+        surf = torch.nonzero(~self.table.is_joint).squeeze(1)
+        corners = model.faces[self.table.face_id[surf]]  # [S, 3]
+        self.vertex_ids, inverse = torch.unique(corners.reshape(-1), return_inverse=True)
+        self.surface_index = surf
+        self.surface_corners = inverse.view(-1, 3)
+        self.surface_bary = self.table.bary[surf].to(dev)
+        self.joint_index = torch.nonzero(self.table.is_joint).squeeze(1)
+        n_joints = len(model.joint_labels)
+        dense = torch.zeros(self.vertex_ids.numel(), n_joints, device=dev)
+        dense.scatter_add_(1, m.vertex_bone_indices[self.vertex_ids].to(dev).long(),
+                           m.vertex_bone_weights[self.vertex_ids].to(dev, torch.float32))
+        self.skin_weights = dense  # [M, J]
+        n_face = len(model.expression_labels)
+        self.facial = model._facial_blendshapes.view(n_face, -1, 3)[:, self.vertex_ids.to(dev)].to(torch.float32)
+        self.parents = torch.tensor(model.joint_parents, device=dev)
+        depth = [0] * n_joints
+        for c, p in enumerate(model.joint_parents):
+            depth[c] = 0 if p < 0 else depth[p] + 1
+        if depth.count(0) != 1 or model.joint_parents[0] >= 0:
+            raise ValueError("expected a single root joint at index 0")
+        self.levels = [torch.tensor([c for c in range(n_joints) if depth[c] == d], device=dev)
+                       for d in range(1, max(depth) + 1)]
+        chain = torch.cat([torch.zeros(1, dtype=torch.long, device=dev)] + self.levels)
+        position = torch.empty_like(chain)
+        position[chain] = torch.arange(chain.numel(), device=dev)
+        self.order = position  # chain order → joint order
+        # parents of level d all sit in level d-1: their index inside that level
+        within = {0: 0}
+        for idx in self.levels:
+            for k, c in enumerate(idx.tolist()):
+                within[c] = k
+        self.parent_within = [torch.tensor([within[int(p)] for p in self.parents[idx].tolist()], device=dev)
+                              for idx in self.levels]
+        table_order = torch.cat([self.joint_index, self.surface_index])
+        self.table_order = torch.argsort(table_order)
+
+    def rest(self, shape: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rest landmark-vertices [M, 3], rest heads h [J, 3], reference offsets o [J, 3], A [J, 3, 3] and the
+        root's reference rotation (see the class docstring)."""
+        m = self.model._model
+        dev = self.model.device
+        no_face = torch.zeros(1, len(self.model.expression_labels), device=dev)
+        no_local = torch.zeros(1, len(m.local_change_labels), device=dev)
+        rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(shape[None], no_local, no_face))
+        rot, heads = rest["rest_bone_poses"][0, :, :3, :3], rest["rest_bone_poses"][0, :, :3, 3]
+        ref = m.reference_bone_orientations.to(rot) if m.reference_bone_orientations is not None else rot
+        A = ref @ rot.transpose(1, 2)
+        parent = self.parents.clamp(min=0)
+        A_parent = torch.cat([torch.eye(3, device=dev)[None], A[1:]])[parent]  # Anny takes A_root = I here
+        offsets = (A_parent @ (heads - heads[parent])[..., None]).squeeze(-1)
+        return dict(vertices=rest["rest_vertices"][0, self.vertex_ids.to(dev)], heads=heads, offsets=offsets, A=A,
+                    root=ref[0].T)
+
+    def landmarks(self, rest: dict[str, torch.Tensor], pose: torch.Tensor, global_orient: torch.Tensor,
+                  translation: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """[B, 553, 3] world-frame landmark positions (same maths as AnnyBody.forward + mesh_landmarks)."""
+        return self.posed(rest, pose, global_orient, translation, expression)[0]
+
+    def posed(self, rest: dict[str, torch.Tensor], pose: torch.Tensor, global_orient: torch.Tensor,
+              translation: torch.Tensor, expression: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(landmarks [B, 553, 3], joints [B, J, 3]) in the world frame."""
+        b = pose.shape[0]
+        rots = roma.rotvec_to_rotmat(pose)  # [B, J-1, 3, 3]
+        G = [roma.rotvec_to_rotmat(global_orient)[:, None] @ rest["root"]]  # per level [B, n_level, 3, 3]
+        Jp = [translation[:, None]]  # the root head is at the origin
+        for idx, par in zip(self.levels, self.parent_within):
+            g_par = G[-1][:, par]
+            Jp.append(Jp[-1][:, par] + (g_par @ rest["offsets"][idx][None, :, :, None]).squeeze(-1))
+            G.append(g_par @ rots[:, idx - 1])
+        G, joints = torch.cat(G, 1)[:, self.order], torch.cat(Jp, 1)[:, self.order]
+        rot = G @ rest["A"][None]
+        trans = joints - (rot @ rest["heads"][None, :, :, None]).squeeze(-1)
+        flat = torch.cat([rot.flatten(2), trans], 2)  # [B, J, 12]
+        blended = torch.einsum("mj,bjk->bmk", self.skin_weights, flat)  # [B, M, 12]
+        verts = rest["vertices"][None] + torch.einsum("be,emc->bmc", expression, self.facial)
+        skinned = (blended[..., :9].reshape(b, -1, 3, 3) * verts[:, :, None, :]).sum(-1) + blended[..., 9:]
+        tab = self.table
+        j = self.joint_index
+        w = tab.joint_w[j][None, :, None]
+        joint_pts = (1 - w) * joints[:, tab.joint_a[j]] + w * joints[:, tab.joint_b[j]]
+        surface_pts = (skinned[:, self.surface_corners] * self.surface_bary[None, :, :, None]).sum(2)
+        out = torch.cat([joint_pts, surface_pts], 1)[:, self.table_order]
+        return out, joints
+
+
+# ---------------------------------------------------------------------------------------------- pose basis / priors
+@dataclass
+class PoseBasis:
+    """Active bones, each parametrised in an anatomical frame ``q`` (rotation = frame @ q, axis-angle, rest axes).
+
+    frame [A, 3, 3] columns: (flexion, abduction, twist) for limbs and fingers, world axes for the trunk;
+    prior [A, 3] L2 weights per component; mean [A, 3]; hinge [A] True where flexion must stay ≥ 0; group [A]:
+    0 trunk/limbs, 1 fingers.
+    """
+
+    pose_index: torch.Tensor  # [A] indices into model.pose_labels
+    frame: torch.Tensor
+    prior: torch.Tensor
+    mean: torch.Tensor
+    hinge: torch.Tensor
+    group: torch.Tensor
+
+    def to_pose(self, q: torch.Tensor, n_pose: int) -> torch.Tensor:
+        """[T, A, 3] anatomical components → [T, n_pose, 3] axis-angle (inactive bones at rest)."""
+        pose = q.new_zeros(q.shape[0], n_pose, 3)
+        pose[:, self.pose_index] = (self.frame[None] @ q[..., None]).squeeze(-1)
+        return pose
+
+    def from_pose(self, pose: torch.Tensor) -> torch.Tensor:
+        return (self.frame.transpose(1, 2)[None] @ pose[:, self.pose_index, :, None]).squeeze(-1)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm().clamp(min=1e-9)
+
+
+def pose_basis(model: BodyModel) -> PoseBasis:
+    """Frames and prior weights from Anny's rest skeleton (the rotations are in world-aligned rest axes)."""
+    joints = model.rest().joints[0]
+    labels = model.joint_labels
+    J = lambda name: joints[labels.index(name)]  # noqa: E731
+    forward = joints.new_tensor([0.0, -1.0, 0.0])
+    eye = torch.eye(3, device=joints.device)
+    rows: list[tuple[str, torch.Tensor, list[float], list[float], bool, int]] = []
+    trunk = {"spine04": 8.0, "spine03": 8.0, "spine02": 8.0, "spine01": 8.0, "neck01": 4.0, "neck03": 4.0,
+             "head": 2.0}
+    for name, w in trunk.items():
+        rows.append((name, eye, [w] * 3, [0.0] * 3, False, 0))
+    for s in "LR":
+        rows.append((f"clavicle.{s}", eye, [20.0] * 3, [0.0] * 3, False, 0))
+        rows.append((f"upperarm01.{s}", eye, [0.2] * 3, [0.0] * 3, False, 0))
+        rows.append((f"upperleg01.{s}", eye, [0.2] * 3, [0.0] * 3, False, 0))
+        rows.append((f"foot.{s}", eye, [2.0] * 3, [0.0] * 3, False, 0))
+        rows.append((f"wrist.{s}", eye, [1.0] * 3, [0.0] * 3, False, 0))
+        # elbow: flexion brings the forearm forward; knee: flexion brings the shin backward
+        d = _unit(J(f"wrist.{s}") - J(f"lowerarm01.{s}"))
+        a = _unit(torch.linalg.cross(_unit(J(f"lowerarm01.{s}") - J(f"upperarm01.{s}")), forward))
+        a = _unit(a - (a @ d) * d)
+        rows.append((f"lowerarm01.{s}", torch.stack([a, torch.linalg.cross(d, a), d], 1), [0.05, 10.0, 0.5],
+                     [0.0] * 3, True, 0))
+        d = _unit(J(f"foot.{s}") - J(f"lowerleg01.{s}"))
+        a = _unit(torch.linalg.cross(_unit(J(f"lowerleg01.{s}") - J(f"upperleg01.{s}")), -forward))
+        a = _unit(a - (a @ d) * d)
+        rows.append((f"lowerleg01.{s}", torch.stack([a, torch.linalg.cross(d, a), d], 1), [0.05, 10.0, 2.0],
+                     [0.0] * 3, True, 0))
+        # fingers: flexion about (finger × palm normal); Anny's rest palms face the thighs (medial)
+        medial = joints.new_tensor([-1.0 if s == "L" else 1.0, 0.0, 0.0])
+        for digit in range(1, 6):
+            for seg in (1, 2, 3):
+                bone = f"finger{digit}-{seg}.{s}"
+                child = f"finger{digit}-{seg + 1}.{s}" if seg < 3 else None
+                d = _unit((J(child) if child else 2 * J(bone) - J(f"finger{digit}-{seg - 1}.{s}")) - J(bone))
+                a = _unit(torch.linalg.cross(d, medial - (medial @ d) * d))
+                n = torch.linalg.cross(a, d)
+                frame = torch.stack([a, n, d], 1)
+                if digit == 1:
+                    rows.append((bone, frame, [0.2, 0.2, 1.0], [0.1, 0.0, 0.0], False, 1))
+                else:
+                    rows.append((bone, frame, [0.05, 0.5 if seg == 1 else 20.0, 20.0], [0.15, 0.0, 0.0], True, 1))
+    dev = joints.device
+    index = torch.tensor([model.pose_labels.index(r[0]) for r in rows], device=dev)
+    basis = PoseBasis(index, torch.stack([r[1] for r in rows]).to(dev), torch.tensor([r[2] for r in rows], device=dev),
+                      torch.tensor([r[3] for r in rows], device=dev), torch.tensor([r[4] for r in rows], device=dev),
+                      torch.tensor([r[5] for r in rows], device=dev))
+    return _orient_flexion(model, basis)
+
+
+def _orient_flexion(model: BodyModel, basis: PoseBasis) -> PoseBasis:
+    """Flip hinge frames whose positive flexion bends the wrong way (checked numerically on the rest body):
+    elbows bring the forearm forward, knees the shin backward, fingers curl medially (toward the palm)."""
+    shape = model.default_shape()
+    base = model(shape, **model.zero_motion(1)).joints[0]
+    frame = basis.frame.clone()
+    labels = model.joint_labels
+    flipped: dict[str, bool] = {}
+    for k, idx in enumerate(basis.pose_index.tolist()):
+        if not bool(basis.hinge[k]):
+            continue
+        bone = model.pose_labels[idx]
+        if bone.startswith("finger") and bone[-3] == "3":
+            flip = flipped[bone[:-3] + "2" + bone[-2:]]  # last phalanx: same frame construction as the middle one
+        else:
+            child = labels.index(model.pose_labels[idx + 1])  # Anny lists every bone right before its first child
+            motion = model.zero_motion(1)
+            motion["pose"][0, idx] = 0.4 * frame[k][:, 0]
+            moved = model(shape, **motion).joints[0, child] - base[child]
+            if bone.startswith("lowerarm"):
+                flip = bool(moved[1] > 0)
+            elif bone.startswith("lowerleg"):
+                flip = bool(moved[1] < 0)
+            else:
+                flip = bool(moved[0] * (1.0 if bone.endswith("L") else -1.0) > 0)
+        flipped[bone] = flip
+        if flip:
+            frame[k, :, 0] = -frame[k, :, 0]
+            frame[k, :, 1] = -frame[k, :, 1]
+    return replace(basis, frame=frame)
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+@contextmanager
+def _small_op_threads(device: torch.device):
+    """The fit is thousands of tiny ops: on CPU one intra-op thread is faster, and far faster on a busy machine
+    (idle OpenMP workers spin); the caller's setting is restored afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class FitWeights:
+    """Loss weights (the data term is in units of 1 % of the person's box height)."""
+
+    sigma: float = 8.0  # Geman-McClure scale, % of box height
+    body: float = 1.0
+    hands: float = 1.0
+    face: float = 1.0
+    pose_prior: float = 0.02
+    finger_prior: float = 0.02
+    hinge: float = 10.0
+    expr_prior: float = 0.3
+    blendshape_prior: float = 2.0
+    shape_prior: float = 0.5
+    smooth_pose: float = 20.0
+    smooth_global: float = 40.0
+    smooth_depth: float = 200.0
+    smooth_expr: float = 4.0
+
+
+@dataclass
+class FitSettings:
+    iterations: int = 60  # Adam steps per window, split over the three stages
+    stage_split: tuple[float, float, float] = (0.25, 0.35, 0.4)
+    lr: float = 0.04
+    weights: FitWeights = field(default_factory=FitWeights)
+
+
+@dataclass
+class FitState:
+    """Per-frame fitted parameters of a window (q in the PoseBasis frames; cam = (x/z, y/z, log z) of the pelvis)."""
+
+    q: torch.Tensor  # [T, A, 3]
+    orient: torch.Tensor  # [T, 3]
+    cam: torch.Tensor  # [T, 3]
+    expr: torch.Tensor  # [T, E]
+
+    def detach(self) -> "FitState":
+        return FitState(*(t.detach().clone() for t in (self.q, self.orient, self.cam, self.expr)))
+
+    def cat(self, other: "FitState") -> "FitState":
+        return FitState(*(torch.cat([a, b]) for a, b in zip(
+            (self.q, self.orient, self.cam, self.expr), (other.q, other.orient, other.cam, other.expr))))
+
+    def index(self, idx) -> "FitState":
+        return FitState(self.q[idx], self.orient[idx], self.cam[idx], self.expr[idx])
+
+
+@dataclass
+class Targets:
+    """Detections of a window: landmarks [T, 553, 2] px, weights [T, 553] (confidence, gated), box [T] px
+    (person box height), blendshapes [T, E] or None, world_body [T, 33, 3] or None (NaN where missing)."""
+
+    landmarks: torch.Tensor
+    weights: torch.Tensor
+    box: torch.Tensor
+    blendshapes: torch.Tensor | None = None
+    world_body: torch.Tensor | None = None
+
+
+class Fitter:
+    """Everything that stays fixed for a video: model, landmark skinning, pose basis, camera and settings."""
+
+    def __init__(self, model: BodyModel, image_size: tuple[int, int], focal: float,
+                 settings: FitSettings | None = None):
+        self.model = model
+        self.device = model.device
+        self.body = LandmarkBody(model)
+        self.basis = pose_basis(model)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.focal = float(focal)
+        self.settings = settings or FitSettings()
+        self.cam_R = view_rotation(model.up_axis).to(self.device)
+        self.n_pose = len(model.pose_labels)
+        self.n_expr = len(model.expression_labels)
+        # group weights per landmark (face oval down-weighted, pose-model hand points down-weighted)
+        w = torch.ones(NUM_LANDMARKS, device=self.device)
+        w[[75 + i for i in FACE_OVAL]] = 0.3
+        w[[17, 18, 19, 20, 21, 22]] = 0.3
+        self.point_weight = w
+
+    # ------------------------------------------------------------------ conversions
+    def translation(self, cam: torch.Tensor) -> torch.Tensor:
+        """(x/z, y/z, log z) of the pelvis in the camera → world translation (the camera sits at the origin)."""
+        z = cam[:, 2:3].exp()
+        p = torch.cat([cam[:, :2] * z, z], 1)
+        return p @ self.cam_R  # R^T p, row-vector form
+
+    def cam_params(self, translation: torch.Tensor) -> torch.Tensor:
+        p = translation @ self.cam_R.T
+        z = p[:, 2:3].clamp(min=1e-3)
+        return torch.cat([p[:, :2] / z, z.log()], 1)
+
+    def project(self, points: torch.Tensor) -> torch.Tensor:
+        cam = points @ self.cam_R.T
+        h, w = self.image_size
+        centre = cam.new_tensor([w / 2.0, h / 2.0])
+        return self.focal * cam[..., :2] / cam[..., 2:3].clamp(min=1e-3) + centre
+
+    def motion(self, state: FitState) -> dict[str, torch.Tensor]:
+        return dict(pose=self.basis.to_pose(state.q, self.n_pose), global_orient=state.orient,
+                    translation=self.translation(state.cam), expression=state.expr)
+
+    def landmarks2d(self, rest, state: FitState) -> torch.Tensor:
+        return self.project(self.body.landmarks(rest, **self.motion(state)))
+
+    # ------------------------------------------------------------------ initialisation
+    def initial_state(self, targets: Targets, shape: torch.Tensor, previous: FitState | None) -> FitState:
+        """Warm start from the previous window's last frame, else a closed-form placement of the rest body."""
+        t = targets.landmarks.shape[0]
+        if previous is not None:
+            last = previous.index(slice(-1, None))
+            return FitState(last.q.repeat(t, 1, 1), last.orient.repeat(t, 1), last.cam.repeat(t, 1),
+                            last.expr.repeat(t, 1))
+        q = self.basis.mean[None].repeat(t, 1, 1)
+        expr = torch.zeros(t, self.n_expr, device=self.device)
+        if targets.blendshapes is not None:
+            expr = torch.nan_to_num(targets.blendshapes, nan=0.0).clamp(0, 1)
+        orient = self._initial_orient(targets)
+        rest = self.body.rest(shape)
+        cam = torch.zeros(t, 3, device=self.device)
+        with torch.no_grad():
+            for k in range(t):
+                cam[k] = self._place(rest, q[k:k + 1], orient[k:k + 1], expr[k:k + 1], targets, k)
+        return FitState(q, orient, cam, expr)
+
+    def _initial_orient(self, targets: Targets) -> torch.Tensor:
+        """Facing from the metric pose landmarks when available (Procrustes on shoulders/hips), else from which
+        image side the subject's left shoulder is on (facing the camera or turned away)."""
+        t = targets.landmarks.shape[0]
+        orient = torch.zeros(t, 3, device=self.device)
+        rest = self.body.landmarks(self.body.rest(self.model.default_shape()),
+                                   self.basis.to_pose(self.basis.mean[None], self.n_pose),
+                                   orient[:1], orient[:1], torch.zeros(1, self.n_expr, device=self.device))[0]
+        ids = [11, 12, 23, 24]
+        for k in range(t):
+            wb = None if targets.world_body is None else targets.world_body[k, ids]
+            if wb is not None and torch.isfinite(wb).all() and (targets.weights[k, ids] > 0).sum() >= 3:
+                src = rest[ids] @ self.cam_R.T  # rest points in camera axes
+                rot = roma.rigid_points_registration(src[None], wb[None])[0][0]
+                # keep the yaw/roll/pitch about the pelvis, expressed in the world frame
+                orient[k] = roma.rotmat_to_rotvec(self.cam_R.T @ rot @ self.cam_R)
+            else:
+                ls, rs = targets.landmarks[k, 11], targets.landmarks[k, 12]
+                seen = targets.weights[k, 11] > 0 and targets.weights[k, 12] > 0
+                if seen and ls[0] < rs[0]:  # subject's left on the image left: seen from behind
+                    orient[k] = orient.new_tensor([0.0, 0.0, math.pi])
+        return orient
+
+    def _place(self, rest, q, orient, expr, targets: Targets, k: int) -> torch.Tensor:
+        """Weak-perspective least squares for depth and image position of the pelvis (one frame)."""
+        w = targets.weights[k].clone()
+        pts = torch.tensor(TORSO_POINTS + list(range(75, 553)), device=self.device)
+        if (w[pts] > 0).sum() < 3:
+            pts = torch.arange(NUM_LANDMARKS, device=self.device)
+        w = w[pts]
+        h, wd = self.image_size
+        if (w > 0).sum() < 2:
+            return torch.tensor([0.0, 0.0, math.log(2.5)], device=self.device)
+        state = FitState(q, orient, torch.tensor([[0.0, 0.0, 0.0]], device=self.device), expr)
+        model_pts = (self.body.landmarks(rest, **self.motion(state))[0] @ self.cam_R.T)[pts]  # camera axes, z≈0
+        uv = targets.landmarks[k, pts] - model_pts.new_tensor([wd / 2.0, h / 2.0])
+        sel = w > 0
+        x, u = model_pts[sel, :2], uv[sel]
+        xc, uc = x - x.mean(0), u - u.mean(0)
+        s = (xc * uc).sum() / (xc * xc).sum().clamp(min=1e-9)
+        s = s.clamp(min=1e-3)
+        z = self.focal / s
+        offset = (u.mean(0) / s - x.mean(0))  # pelvis position in metres (camera x/y) at depth z
+        return torch.stack([offset[0] / z, offset[1] / z, z.log()])
+
+    # ------------------------------------------------------------------ the optimisation
+    def fit(self, targets: Targets, shape: torch.Tensor, init: FitState, context: FitState | None = None,
+            fit_shape: bool = False, iterations: int | None = None) -> tuple[FitState, torch.Tensor]:
+        """Staged Adam on one window. ``context``: fixed frames just before the window (smoothness continuity).
+        Returns the fitted state and the (possibly refined) shape."""
+        with _small_op_threads(self.device):
+            return self._fit(targets, shape, init, context, fit_shape, iterations)
+
+    def _fit(self, targets: Targets, shape: torch.Tensor, init: FitState, context: FitState | None,
+             fit_shape: bool, iterations: int | None) -> tuple[FitState, torch.Tensor]:
+        s = self.settings
+        wts = s.weights
+        iterations = iterations or s.iterations
+        params = {name: getattr(init, name).detach().clone().requires_grad_(True)
+                  for name in ("q", "orient", "cam", "expr")}
+        shape_p = shape.detach().clone().requires_grad_(fit_shape)
+        conf = targets.weights * self.point_weight[None]
+        group_w = torch.zeros(NUM_LANDMARKS, device=self.device)
+        group_w[BODY], group_w[HANDS], group_w[FACE] = wts.body / 33, wts.hands / 21, wts.face / 160
+        box = targets.box.clamp(min=1.0)[:, None]
+        torso = torch.zeros(NUM_LANDMARKS, device=self.device)
+        torso[TORSO_POINTS] = 1.0
+        torso[FACE] = 1.0
+        no_hands = torch.ones(NUM_LANDMARKS, device=self.device)
+        no_hands[HANDS] = 0.0
+        finger = (self.basis.group == 1)
+        rest = None if fit_shape else self.body.rest(shape_p)
+        n1, n2 = (int(round(iterations * f)) for f in s.stage_split[:2])
+        stages = [(n1, ["orient", "cam"], torso), (n2, ["orient", "cam", "q"], no_hands),
+                  (iterations - n1 - n2, ["orient", "cam", "q", "expr"], None)]
+        lrs = {"q": s.lr, "orient": s.lr, "cam": s.lr * 0.5, "expr": s.lr * 1.5}
+        for steps, names, mask in stages:
+            if steps <= 0:
+                continue
+            groups = [{"params": [params[n]], "lr": lrs[n]} for n in names]
+            if fit_shape:
+                groups.append({"params": [shape_p], "lr": s.lr * 0.5})
+            opt = torch.optim.Adam(groups)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                state = FitState(params["q"], params["orient"], params["cam"], params["expr"])
+                r = self.body.rest(shape_p) if fit_shape else rest
+                proj = self.landmarks2d(r, state)
+                err = (proj - targets.landmarks).norm(dim=-1) / box * 100.0  # % of box height
+                rho = err.square() / (err.square() + wts.sigma ** 2) * wts.sigma ** 2
+                w = conf * group_w[None] * (mask[None] if mask is not None else 1.0)
+                data = (w * rho).sum() / err.shape[0]
+                loss = data + self._priors(state, targets, finger, fit_shape, shape_p, names)
+                loss = loss + self._smoothness(state, context, names)
+                loss.backward()
+                if "q" in names and "expr" not in names:
+                    params["q"].grad[:, finger] = 0.0  # fingers wait for the hand stage
+                opt.step()
+                with torch.no_grad():
+                    params["expr"].clamp_(0.0, 1.0)
+                    if fit_shape:
+                        shape_p.clamp_(0.0, 1.0)
+        out = FitState(params["q"], params["orient"], params["cam"], params["expr"]).detach()
+        return out, shape_p.detach()
+
+    def _priors(self, state: FitState, targets: Targets, finger: torch.Tensor, fit_shape: bool,
+                shape: torch.Tensor, names: list[str]) -> torch.Tensor:
+        wts = self.settings.weights
+        b = self.basis
+        dev = (state.q - b.mean[None]).square() * b.prior[None]
+        loss = wts.pose_prior * dev[:, ~finger].sum(dim=(1, 2)).mean()
+        loss = loss + wts.finger_prior * dev[:, finger].sum(dim=(1, 2)).mean()
+        loss = loss + wts.hinge * torch.relu(-state.q[:, b.hinge, 0] - 0.05).square().sum(1).mean()
+        if "expr" in names:
+            loss = loss + wts.expr_prior * state.expr.square().sum(1).mean()
+            if targets.blendshapes is not None:
+                seen = torch.isfinite(targets.blendshapes)
+                diff = torch.where(seen, state.expr - torch.nan_to_num(targets.blendshapes), 0.0)
+                loss = loss + wts.blendshape_prior * diff.square().sum(1).mean()
+        if fit_shape:
+            loss = loss + wts.shape_prior * (shape - 0.5).square().sum()
+        return loss
+
+    def _smoothness(self, state: FitState, context: FitState | None, names: list[str]) -> torch.Tensor:
+        wts = self.settings.weights
+        full = state if context is None else context.cat(state)
+        if full.q.shape[0] < 3:
+            return state.q.new_zeros(())
+
+        def acc(x: torch.Tensor) -> torch.Tensor:
+            return (x[2:] - 2 * x[1:-1] + x[:-2]).square().flatten(1).sum(1).mean()
+
+        loss = wts.smooth_global * (acc(full.orient) + acc(full.cam[:, :2])) + wts.smooth_depth * acc(full.cam[:, 2:])
+        if "q" in names:
+            loss = loss + wts.smooth_pose * acc(full.q)
+        if "expr" in names:
+            loss = loss + wts.smooth_expr * acc(full.expr)
+        return loss

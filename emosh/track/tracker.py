@@ -1,0 +1,291 @@
+"""EHM Tracker: frames → MediaPipe landmarks → windowed Anny fit → ``EHMTrack``.
+
+Streaming: frames are detected one by one and only their landmarks are kept; every ``window`` frames the fitter
+optimises that window, warm-started from (and smoothed against) the end of the previous one. So memory grows
+with the number of frames by a few kilobytes only, and long videos work.
+Reference mode fits one image with many more iterations and also optimises the body shape (phenotypes).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..body.camera import default_focal
+from ..body.model import BodyModel
+from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack
+from ..errors import EmoshError, InputError, NoPersonError
+from .fit import CONF_GATE, Fitter, FitSettings, FitState, Targets
+
+DEFAULT_WINDOW = 32
+CONTEXT = 4  # frames of the previous window that the smoothness term sees
+VIDEO_ITERATIONS = 40
+FIRST_WINDOW_ITERATIONS = 100
+REFERENCE_ITERATIONS = 400
+
+
+class TrackingCancelled(EmoshError):
+    """The caller's cancel() asked to stop."""
+
+
+@dataclass
+class Detection:
+    """What the fitter needs from a detector for one frame (``emosh.track.detect.FrameDetection`` fits)."""
+
+    landmarks: np.ndarray  # [553, 2] px
+    confidence: np.ndarray  # [553]
+    world_body: np.ndarray | None = None  # [33, 3] metres, camera axes, hip-centred
+    blendshapes: np.ndarray | None = None  # [52] in Anny's facial_action_labels order
+    num_people: int = 1
+
+
+def person_box_height(landmarks: np.ndarray, confidence: np.ndarray, image_size: tuple[int, int]) -> float:
+    """Height (px) of the box around the confidently seen landmarks inside the image; 0 when nothing is seen."""
+    h, w = image_size
+    ok = (confidence >= CONF_GATE) & (landmarks[:, 0] >= 0) & (landmarks[:, 0] < w) & (landmarks[:, 1] >= 0) \
+        & (landmarks[:, 1] < h)
+    if ok.sum() < 2:
+        return 0.0
+    ys = landmarks[ok, 1]
+    return float(ys.max() - ys.min())
+
+
+def _targets(dets: list, image_size: tuple[int, int], device: torch.device) -> Targets:
+    h, w = image_size
+    lm = np.stack([d.landmarks for d in dets]).astype(np.float32)
+    conf = np.stack([d.confidence for d in dets]).astype(np.float32)
+    inside = (lm[..., 0] >= 0) & (lm[..., 0] < w) & (lm[..., 1] >= 0) & (lm[..., 1] < h)
+    weights = np.where((conf >= CONF_GATE) & inside, conf, 0.0).astype(np.float32)
+    box = np.array([person_box_height(a, c, image_size) for a, c in zip(lm, conf)], np.float32)
+    seen = box > 0
+    fallback = float(np.median(box[seen])) if seen.any() else float(h)
+    # a steady box keeps the loss scale constant across frames; a floor guards tiny partial detections
+    box = np.full_like(box, max(fallback, 0.1 * h))
+    blend = None
+    if any(d.blendshapes is not None for d in dets):
+        blend = np.stack([d.blendshapes if d.blendshapes is not None else np.full(52, np.nan, np.float32)
+                          for d in dets]).astype(np.float32)
+    world = None
+    if any(d.world_body is not None for d in dets):
+        world = np.stack([d.world_body if d.world_body is not None else np.full((33, 3), np.nan, np.float32)
+                          for d in dets]).astype(np.float32)
+    as_t = lambda a: None if a is None else torch.from_numpy(a).to(device)  # noqa: E731
+    return Targets(as_t(lm), as_t(weights), as_t(box), as_t(blend), as_t(world))
+
+
+def _interpolate(values: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation over frames where ``detected`` is False (held constant before/after the ends)."""
+    t = values.shape[0]
+    idx = torch.nonzero(detected).squeeze(1)
+    if idx.numel() == t or idx.numel() == 0:
+        return values
+    frames = torch.arange(t, device=values.device)
+    right = torch.searchsorted(idx, frames).clamp(max=idx.numel() - 1)
+    left = (right - 1).clamp(min=0)
+    right_f, left_f = idx[right], idx[left]
+    # frames before the first / after the last detection copy the nearest one
+    left_f = torch.where(frames < idx[0], idx[0], left_f)
+    right_f = torch.where(frames > idx[-1], idx[-1], right_f)
+    exact = detected
+    span = (right_f - left_f).clamp(min=1).to(values.dtype)
+    alpha = ((frames - left_f).to(values.dtype) / span).clamp(0, 1)
+    alpha = alpha.view(-1, *([1] * (values.dim() - 1)))
+    filled = (1 - alpha) * values[left_f] + alpha * values[right_f]
+    return torch.where(exact.view(-1, *([1] * (values.dim() - 1))), values, filled)
+
+
+class WindowedTracker:
+    """Incremental fit: ``push`` detections frame by frame, ``finish`` returns the EHMTrack."""
+
+    def __init__(self, model: BodyModel, image_size: tuple[int, int], *, fps: float, focal: float | None = None,
+                 reference: bool = False, iterations: int | None = None, smoothing: float = 1.0,
+                 window: int = DEFAULT_WINDOW, shape: torch.Tensor | None = None,
+                 first_window_iterations: int | None = None):
+        self.model = model
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.fps = float(fps)
+        self.focal = float(focal) if focal else default_focal(self.image_size)
+        self.reference = reference
+        settings = FitSettings()
+        w = settings.weights
+        for name in ("smooth_pose", "smooth_global", "smooth_depth", "smooth_expr"):
+            setattr(w, name, getattr(w, name) * float(smoothing))
+        self.fitter = Fitter(model, self.image_size, self.focal, settings)
+        self.iterations = iterations or (REFERENCE_ITERATIONS if reference else VIDEO_ITERATIONS)
+        self.first_iterations = first_window_iterations or max(self.iterations, FIRST_WINDOW_ITERATIONS)
+        self.window = 1 if reference else int(window)
+        self.shape = (shape if shape is not None else model.default_shape()).to(model.device, torch.float32)
+        self.shape_fitted = shape is not None
+        self._pending: list = []
+        self._states: list[FitState] = []
+        self._landmarks: list[np.ndarray] = []
+        self._confidence: list[np.ndarray] = []
+        self._people: list[int] = []
+        self._last: FitState | None = None
+
+    def push(self, det) -> None:
+        self._pending.append(det)
+        self._landmarks.append(np.asarray(det.landmarks, np.float32))
+        self._confidence.append(np.asarray(det.confidence, np.float32))
+        self._people.append(int(getattr(det, "num_people", 1)))
+        if len(self._pending) >= self.window:
+            self._fit_pending()
+
+    def _fit_pending(self) -> None:
+        dets, self._pending = self._pending, []
+        targets = _targets(dets, self.image_size, self.model.device)
+        detected = (targets.weights > 0).any(1)
+        if not detected.any():  # nothing to fit: keep a placeholder, filled by interpolation at the end
+            base = self._last if self._last is not None else None
+            self._states.append(_placeholder(self.fitter, len(dets), base))
+            return
+        first = self._last is None
+        init = self.fitter.initial_state(targets, self.shape, None if first else self._last)
+        fit_shape = self.reference or (first and not self.shape_fitted)
+        iters = self.iterations if (self.reference or not first) else self.first_iterations
+        context = None if self._last is None else self._context()
+        state, shape = self.fitter.fit(targets, self.shape, init, context, fit_shape=fit_shape, iterations=iters)
+        if fit_shape:
+            self.shape, self.shape_fitted = shape, True
+        self._states.append(state)
+        self._last = state
+
+    def _context(self) -> FitState:
+        tail = [s for s in self._states][-2:]
+        joined = tail[0] if len(tail) == 1 else tail[0].cat(tail[1])
+        return joined.index(slice(-CONTEXT, None))
+
+    def finish(self, meta: dict[str, str] | None = None) -> EHMTrack:
+        if self._pending:
+            self._fit_pending()
+        if not self._states:
+            raise InputError("No frames were given to the tracker")
+        conf = torch.from_numpy(np.stack(self._confidence))
+        detected = (conf >= CONF_GATE).any(1)
+        if not detected.any():
+            raise NoPersonError(
+                f"No person was detected in any of the {conf.shape[0]} frames; use footage where a person is "
+                f"clearly visible (the whole body or at least the face and shoulders).")
+        state = self._states[0]
+        for s in self._states[1:]:
+            state = state.cat(s)
+        dev = state.q.device
+        det_dev = detected.to(dev)
+        state = FitState(*(_interpolate(x, det_dev) for x in (state.q, state.orient, state.cam, state.expr)))
+        motion = self.fitter.motion(state)
+        t = state.q.shape[0]
+        cam_R = self.fitter.cam_R.expand(t, 3, 3).contiguous()
+        info = {"source": "emosh.track", "reference": str(self.reference), "focal_px": f"{self.focal:.2f}",
+                "max_people": str(max(self._people))}
+        info.update(meta or {})
+        return EHMTrack(
+            backend=self.model.backend, backend_version=self.model.version,
+            shape=self.shape.detach().float(), pose=motion["pose"].detach().float(),
+            global_orient=motion["global_orient"].detach().float(),
+            translation=motion["translation"].detach().float(), expression=motion["expression"].detach().float(),
+            focal=torch.full((t,), self.focal, device=dev), cam_R=cam_R.float(), cam_t=torch.zeros(t, 3, device=dev),
+            confidence=conf.to(dev), detected=det_dev, image_size=self.image_size, fps=self.fps,
+            landmarks2d=torch.from_numpy(np.stack(self._landmarks)).to(dev), meta=info)
+
+
+def _placeholder(fitter: Fitter, frames: int, base: FitState | None) -> FitState:
+    if base is not None:
+        last = base.index(slice(-1, None))
+        return FitState(last.q.repeat(frames, 1, 1), last.orient.repeat(frames, 1), last.cam.repeat(frames, 1),
+                        last.expr.repeat(frames, 1))
+    dev = fitter.device
+    q = fitter.basis.mean[None].repeat(frames, 1, 1)
+    return FitState(q, torch.zeros(frames, 3, device=dev),
+                    torch.tensor([[0.0, 0.0, math.log(3.0)]], device=dev).repeat(frames, 1),
+                    torch.zeros(frames, fitter.n_expr, device=dev))
+
+
+def track_frames(frames: Iterable[np.ndarray], body_model: BodyModel, *, reference: bool = False,
+                 fps: float = 25.0, focal: float | None = None, iterations: int | None = None,
+                 smoothing: float = 1.0, window: int = DEFAULT_WINDOW, backend: str = "auto",
+                 model_dir: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None,
+                 cancel: Callable[[], bool | None] | None = None, meta: dict[str, str] | None = None) -> EHMTrack:
+    """Track one person through RGB uint8 frames (an iterator is consumed once, frame by frame).
+
+    ``reference``: a single photo (static detection, many iterations, shape optimised). ``focal`` in pixels
+    (default: a 50° field of view). ``smoothing`` scales every temporal term. ``progress(frames_done)``;
+    ``cancel()`` returning True (or raising) stops the work.
+    """
+    from .detect import Detector
+
+    tracker: WindowedTracker | None = None
+    count = 0
+    with Detector(backend, model_dir=model_dir, static_image=reference) as detector:
+        for frame in frames:
+            if cancel is not None and cancel():
+                raise TrackingCancelled("Tracking was cancelled")
+            if tracker is None:
+                tracker = WindowedTracker(body_model, frame.shape[:2], fps=fps, focal=focal, reference=reference,
+                                          iterations=iterations, smoothing=smoothing, window=window)
+            tracker.push(detector(frame))
+            count += 1
+            if progress is not None:
+                progress(count)
+            if reference:
+                break
+    if tracker is None:
+        raise InputError("The input has no frames")
+    return tracker.finish(meta)
+
+
+def track_file(path: str | os.PathLike, body_model: BodyModel, *, start: int = 0, max_frames: int | None = None,
+               reference: bool | None = None, long_side: int | None = None, **kwargs) -> EHMTrack:
+    """Track an image (reference mode by default) or a video file (streamed, decoded frame by frame).
+    ``long_side``: resize frames first (the track's image size is then the resized one)."""
+    from ..video import is_image, iter_frames, probe_video, read_image, resize_long_side
+
+    meta = {"input": os.path.basename(str(path)), "start": str(start)}
+    resize = (lambda f: f) if not long_side else (lambda f: resize_long_side(f, long_side))  # noqa: E731
+    if is_image(path):
+        ref = True if reference is None else reference
+        return track_frames([resize(read_image(path))], body_model, reference=ref, fps=kwargs.pop("fps", 25.0),
+                            meta=meta, **kwargs)
+    info = probe_video(path)
+    fps = kwargs.pop("fps", None) or info.fps
+    frames = (resize(f) for f in iter_frames(path, start=start, max_frames=max_frames))
+    return track_frames(frames, body_model, reference=bool(reference), fps=fps, meta=meta, **kwargs)
+
+
+def fitted_landmarks2d(track: EHMTrack, model: BodyModel, chunk: int = 64) -> torch.Tensor:
+    """[T, 553, 2] pixel positions of the landmarks on the fitted mesh (through the track's own camera)."""
+    from ..body.camera import project
+    from .fit import LandmarkBody
+
+    body = LandmarkBody(model)
+    out = []
+    with torch.no_grad():
+        rest = body.rest(track.shape.to(model.device))
+        for a in range(0, track.num_frames, chunk):
+            part = track.frames(a, a + chunk).to(model.device)
+            pts = body.landmarks(rest, **part.motion())
+            out.append(project(pts, part.focal, part.cam_R, part.cam_t, track.image_size))
+    return torch.cat(out)
+
+
+def reprojection_error_pct(track: EHMTrack, model: BodyModel, fitted: torch.Tensor | None = None) -> float:
+    """Median distance between fitted-mesh and detected landmarks over confidently seen points, in % of the
+    person's box height (per frame)."""
+    if track.landmarks2d is None:
+        raise InputError("The track has no detected landmarks to compare with")
+    fitted = fitted_landmarks2d(track, model) if fitted is None else fitted
+    det = track.landmarks2d.to(fitted)
+    conf = track.confidence.to(fitted)
+    errs = []
+    for k in range(track.num_frames):
+        box = person_box_height(det[k].cpu().numpy(), conf[k].cpu().numpy(), track.image_size)
+        ok = conf[k] >= CONF_GATE
+        if box <= 0 or not ok.any():
+            continue
+        errs.append((fitted[k, ok] - det[k, ok]).norm(dim=-1) / box * 100.0)
+    if not errs:
+        return float("nan")
+    return float(torch.cat(errs).median())
