@@ -21,14 +21,44 @@ class ShapeSwapRetarget:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
+        def part(what: str) -> tuple:
+            return ("BOOLEAN", {"default": True, "tooltip": f"Use the driver's {what}; off = that part rests."})
+
         return {"required": {
             "body_model": (EHM_MODEL, {"tooltip": "The body model both tracks were made with."}),
             "driving_track": (EHM_TRACK, {"tooltip": "Whose motion: the driving video's track."}),
             "reference_track": (EHM_TRACK, {"tooltip": "Whose body shape: the reference image's track."}),
+            "shape": (["reference", "driver", "blend"], {
+                "default": "reference",
+                "tooltip": "Whose body: reference (shape swap), driver (keep the driver's body), blend (mix)."}),
+            "blend": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "display": "slider",
+                                "tooltip": "With shape = blend: 0 = driver's body, 1 = reference's body."}),
+            "expression_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                              "tooltip": "Driver's facial expression: 0 = neutral, 1 = as tracked."}),
+            "hand_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                        "tooltip": "Driver's finger motion: 0 = relaxed hands, 1 = as tracked."}),
+            "body": part("body and head motion"),
+            "hands": part("finger motion"),
+            "face": part("facial expression"),
+            "eyes": part("eye gaze"),
+            "scale_trajectory": ("BOOLEAN", {"default": True,
+                                             "tooltip": "Scale the travel of the body by the leg-length ratio (a "
+                                                        "shorter person takes shorter steps)."}),
+            "keep_ground": ("BOOLEAN", {"default": True,
+                                        "tooltip": "Keep the lowest foot on the driver's ground line (no floating "
+                                                   "or sinking when leg lengths differ)."}),
         }}
 
-    def retarget(self, body_model, driving_track, reference_track):
-        return (lib("retarget").retarget(body_model, driving_track, reference_track).to("cpu"),)
+    def retarget(self, body_model, driving_track, reference_track, shape: str, blend: float,
+                 expression_strength: float, hand_strength: float, body: bool, hands: bool, face: bool, eyes: bool,
+                 scale_trajectory: bool, keep_ground: bool):
+        retarget = lib("retarget")
+        chosen = {"body": body, "hands": hands, "face": face, "eyes": eyes}
+        parts = tuple(part for part, on in chosen.items() if on)
+        options = retarget.RetargetOptions(shape=shape, blend=blend, expression_strength=expression_strength,
+                                           hand_strength=hand_strength, parts=parts,
+                                           scale_trajectory=scale_trajectory, keep_ground=keep_ground)
+        return (retarget.retarget(body_model, driving_track, reference_track, options).to("cpu"),)
 
 
 class SpatialAlign:
