@@ -118,20 +118,24 @@ def test_several_people_keep_largest(astronaut):
 
 
 def test_several_people_in_video_follow_largest(carphone_path):
-    """Tracking mode: two talking heads (one at 0.6x); the detector stays on the larger one and warns once."""
+    """Tracking: two talking heads (one 0.6x). The larger is kept, and when it leaves for a few frames the detector
+    reports nothing there instead of jumping to the other person (plain holistic jumps and stays on the other)."""
     frames = read_frames(carphone_path, max_frames=30, long_side=352)  # 352x288
     small = [cv2.resize(f, (211, 173), interpolation=cv2.INTER_AREA) for f in frames[::-1]]
     video = np.full((30, 288, 352 + 221, 3), 90, np.uint8)
     video[:, :, 221:] = frames
     for k in range(30):
         video[k, 288 - 173:, :211] = small[k]
+    video[10:15, :, 221:] = 90  # the larger person is out of view for 5 frames
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dets = detect_frames(video)
     assert sum(issubclass(w.category, MultiplePeopleWarning) for w in caught) == 1
-    assert np.mean([d.num_people >= 2 for d in dets]) >= 0.8
-    on_big = [d.part_found("face") and d.landmarks[FACE][:, 0].min() > 221 for d in dets]
-    assert np.mean(on_big) >= 0.9
+    assert np.mean([d.num_people >= 2 for d in dets[:10]]) >= 0.8
+    faces = [d.landmarks[FACE][:, 0].min() if d.part_found("face") else None for d in dets]
+    assert all(x is None or x > 221 for x in faces), "never switched to the smaller person"
+    visible = [x is not None for k, x in enumerate(faces) if not 10 <= k < 15]
+    assert np.mean(visible) >= 0.9
 
 
 def test_odd_inputs(astronaut, holistic_astronaut):

@@ -195,6 +195,14 @@ def _suppress_overlaps(boxes: list[np.ndarray]) -> list[np.ndarray]:
     return kept
 
 
+def _nearest(centres: list[np.ndarray], point: np.ndarray, size: float = 0.0) -> np.ndarray | None:
+    """The face (x, y, width) nearest ``point``, if closer than 1.5 face widths (or 1.5 ``size``)."""
+    if not centres:
+        return None
+    best = min(centres, key=lambda c: float(np.hypot(*(c[:2] - point[:2]))))
+    return best if np.hypot(*(best[:2] - point[:2])) < 1.5 * max(best[2], size) else None
+
+
 class _HolisticBackend:
     """mediapipe solutions.holistic, following the largest person when several faces are seen."""
 
@@ -212,6 +220,7 @@ class _HolisticBackend:
         self._counter = _PeopleCounter()
         self._target: np.ndarray | None = None  # tracked person: (face centre x, y, face width) px
         self._lost = 0
+        self._last_nose: np.ndarray | None = None  # where holistic's person was in the previous frame
         self._frame = 0
         self._people = 0  # people seen at the last count
         self.warning: str | None = None  # set on the first frame with several people
@@ -241,25 +250,31 @@ class _HolisticBackend:
             box = (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
         det = self._convert(result, box)
         det.num_people = max(self._people, int(det.found))
-        if crop is not None and det.part_found("body"):
-            nose = det.landmarks[_NOSE]
-            self._target = np.array([nose[0], nose[1], self._target[2]], np.float32)
+        body = det.part_found("body")
+        self._last_nose = det.landmarks[_NOSE].copy() if body and not self._static else None
+        if crop is not None and body:
+            self._target = np.array([*det.landmarks[_NOSE], self._target[2]], np.float32)
         return det
 
     def _crop_box(self, faces: list[np.ndarray], w: int, h: int) -> tuple[int, int, int, int] | None:
-        """Region holistic should see: None (whole frame) while only one person has ever been seen."""
+        """Region holistic should see: None (whole frame) while only one person has ever been seen.
+
+        At the first frame with several people the person holistic was already following is kept (a track must not
+        jump between people); with no such person, the largest face wins. Afterwards the crop follows that person.
+        """
         centres = [np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0]], np.float32) for b in faces]
         if self._target is None:
             if len(faces) < 2:
                 return None
-            self._target = max(centres, key=lambda c: c[2])
-            self.warning = (f"{len(faces)} people are visible; tracking only the largest (face about "
+            tracked = _nearest(centres, self._last_nose) if self._last_nose is not None else None
+            self._target = tracked if tracked is not None else max(centres, key=lambda c: c[2])
+            which = "the person already being tracked" if tracked is not None else "the largest"
+            self.warning = (f"{len(faces)} people are visible; tracking only {which} (face about "
                             f"{self._target[2]:.0f} px wide at x={self._target[0]:.0f}, y={self._target[1]:.0f} in "
                             f"the {w}x{h} detection image); the others are ignored.")
         else:
-            near = [c for c in centres if np.hypot(*(c[:2] - self._target[:2])) < 1.5 * max(self._target[2], c[2])]
-            if near:
-                best = min(near, key=lambda c: np.hypot(*(c[:2] - self._target[:2])))
+            best = _nearest(centres, self._target[:2], self._target[2])
+            if best is not None:
                 self._target = 0.5 * self._target + 0.5 * best  # damp the crop so tracking sees a steady window
                 self._lost = 0
             else:
