@@ -532,6 +532,13 @@ def standing_track(model, frames: int, size: tuple[int, int] = (96, 64), seed: i
         image_size=size, fps=25.0, **{k: v.cpu() for k, v in motion.items()})
 
 
+def _to_uint8(frame: torch.Tensor) -> np.ndarray:
+    """A rendered frame (uint8, or float in 0..1) as the uint8 array a video writer takes."""
+    if frame.dtype == torch.uint8:
+        return frame.cpu().numpy()
+    return (frame.clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
 class _CountingForward:
     """Records the batch size of every body-model call (the renderer must never pose the whole video at once)."""
 
@@ -558,7 +565,7 @@ class TestRendererStreaming:
                 assert sum(counter.batches) - 8 * (i + 1) in (0, 1) and max(counter.batches) == 8
                 assert batch.start == 8 * i and batch.frames["hybrid"].shape == (8, 96, 64, 3)
                 for frame in batch.frames["hybrid"]:
-                    writer.write((frame * 255).round().byte().numpy())
+                    writer.write(_to_uint8(frame))
                 assert writer.frames == 8 * (i + 1), "frames are written as they are rendered"
         assert max(counter.batches) == 8 and sum(counter.batches) - 40 in (0, 1)
         assert video.read_frames(tmp_path / "control.mp4").shape == (40, 96, 64, 3)
@@ -575,7 +582,7 @@ class TestRendererStreaming:
                     if batch.start == cancel_at:
                         raise KeyboardInterrupt  # what Ctrl-C / a ComfyUI interrupt does between batches
                     for frame in batch.frames["keypoints"]:
-                        writer.write((frame * 255).round().byte().numpy())
+                        writer.write(_to_uint8(frame))
 
         with pytest.raises(KeyboardInterrupt):
             write(cancel_at=8)
@@ -596,8 +603,8 @@ class TestRendererStreaming:
         from emosh.render.renderer import render_all
 
         out = render_all(anny, standing_track(anny, 2), ("hybrid", "mask"), height=size[0], width=size[1])
-        assert out["hybrid"].shape == (2, *size, 3) and out["mask"].shape == (2, *size)
-        assert torch.isfinite(out["hybrid"]).all()
+        assert out["hybrid"].shape == (2, *size, 3) and out["mask"].shape[:3] == (2, *size)
+        assert torch.isfinite(out["mask"]).all()
         if size[0] > 8:
             assert out["mask"].mean() > 0.02, "the person must still be visible"
 
@@ -609,7 +616,7 @@ class TestRendererStreaming:
         b = render_all(anny, track, ("hybrid", "keypoints", "depth"))
         for mode in a:
             assert torch.equal(a[mode], b[mode]), mode
-        assert a["hybrid"].std() > 0.05, "not an empty frame"
+        assert a["hybrid"].float().std() > 10, "not an empty frame"
 
     def test_parallel_renders_match_sequential_and_keep_model_intact(self, anny):
         from emosh.render.renderer import render_all
@@ -638,3 +645,170 @@ class TestRendererStreaming:
         for i in range(2):
             assert torch.equal(results[i], sequential[i]), f"thread {i} differs from the sequential render"
         assert _body_state(anny) == before
+
+
+# ====================================================================== more rows on model files and lengths
+def test_missing_mediapipe_task_file_names_folder_file_and_source(tmp_path, monkeypatch):
+    from emosh.track.detect import TASK_FILES, find_task_file
+
+    monkeypatch.setenv("EMOSH_MODELS_DIR", str(tmp_path))
+    with pytest.raises(MissingModelError) as info:
+        find_task_file("pose")
+    message = str(info.value)
+    assert TASK_FILES["pose"] in message and str(tmp_path / "mediapipe") in message
+    assert "https://" in message, "the message says where the official file comes from"
+
+
+def test_control_shorter_than_generated_video_refused():
+    from emosh.generate.adapter import add_motion_tokens
+
+    tokens = torch.zeros(1, 8, 5, 2, 2)  # DiT tokens for 5 latent frames
+    motion = torch.ones(1, 8, 3, 2, 2)  # control video gave only 3 latent frames
+    with pytest.raises(InputError, match="Frame count mismatch.*control video must have as many frames"):
+        add_motion_tokens(tokens, motion, first_frame=0, factor=1.0)
+
+
+# ====================================================================== 1./4./5. tracker: gaps, no person, determinism, threads
+FAST_FIT = dict(window=8, iterations=4, first_window_iterations=12)  # few iterations: behaviour, not accuracy
+
+
+@pytest.fixture(scope="module")
+def gap_detections(carphone_path):
+    """Real detections of 8 carphone frames where the person is gone (empty frame) in frames 0 and 4-5."""
+    from emosh.track.detect import Detector, holistic_available
+
+    if not holistic_available():
+        pytest.skip("mediapipe holistic is not installed")
+    frames = list(video.iter_frames(carphone_path, max_frames=8))
+    empty = np.full_like(frames[0], 128)
+    frames[0] = frames[4] = frames[5] = empty
+    with Detector() as detector:
+        return [detector(f) for f in frames], frames[1].shape[:2]
+
+
+def _fit(anny, detections, image_size) -> EHMTrack:
+    from emosh.track.tracker import WindowedTracker
+
+    tracker = WindowedTracker(anny, image_size, fps=25.0, **FAST_FIT)
+    for det in detections:
+        tracker.push(det)
+    return tracker.finish()
+
+
+@pytest.fixture(scope="module")
+def gap_tracks(anny, gap_detections):
+    """The same detections fitted twice, one after the other."""
+    return [_fit(anny, *gap_detections) for _ in range(2)]
+
+
+class TestTracker:
+    def test_person_leaves_and_comes_back(self, gap_tracks):
+        track = gap_tracks[0]
+        assert track.detected.tolist() == [False, True, True, True, False, False, True, True]
+        assert not track.confidence[[0, 4, 5]].any()
+        # gap frames are filled between their neighbours; the leading gap copies the first detection
+        for field in ("global_orient", "translation", "expression"):
+            values = getattr(track, field)
+            lo, hi = torch.minimum(values[3], values[6]), torch.maximum(values[3], values[6])
+            for t in (4, 5):
+                assert ((values[t] >= lo - 1e-5) & (values[t] <= hi + 1e-5)).all(), (field, t)
+            assert torch.allclose(values[0], values[1]), field
+
+    def test_same_detections_give_identical_tracks(self, gap_tracks):
+        first, second = gap_tracks
+        for name, value in first.tensors().items():
+            assert torch.equal(value, getattr(second, name)), name
+
+    def test_parallel_fits_match_sequential_and_keep_model_intact(self, anny, gap_detections, gap_tracks):
+        before = _body_state(anny)
+        detections, size = gap_detections
+        other = list(reversed(detections))
+        expected = [gap_tracks[0], _fit(anny, other, size)]
+        results: dict[int, EHMTrack] = {}
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(2)
+
+        def work(i: int) -> None:
+            try:
+                barrier.wait()
+                results[i] = _fit(anny, detections if i == 0 else other, size)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for i in range(2):
+            for name, value in expected[i].tensors().items():
+                assert torch.equal(value, getattr(results[i], name)), f"thread {i}: {name} differs"
+        assert _body_state(anny) == before
+
+    def test_one_frame_video(self, anny, gap_detections):
+        detections, size = gap_detections
+        track = _fit(anny, detections[1:2], size)
+        assert track.num_frames == 1 and bool(track.detected[0])
+
+    def test_video_with_no_person(self, anny):
+        from emosh.errors import NoPersonError
+        from emosh.track.tracker import track_frames
+
+        empty = [np.full((96, 128, 3), v, np.uint8) for v in (90, 100, 110)]
+        with pytest.raises(NoPersonError, match="No person was detected in any of the 3 frames.*clearly visible"):
+            track_frames(empty, anny, window=8, iterations=4)
+
+    def test_photo_with_no_person(self, anny):
+        from emosh.errors import NoPersonError
+        from emosh.track.tracker import track_frames
+
+        with pytest.raises(NoPersonError, match="No person was detected"):
+            track_frames([_chelsea_cat()], anny, reference=True, iterations=4)
+
+
+# ====================================================================== ComfyUI node glue: file names and IMAGE tensors
+class TestNodeGlue:
+    @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.safetensors"])
+    def test_workflow_file_name_outside_input_refused(self, tmp_path, monkeypatch, name):
+        from nodes.common import safe_path
+
+        monkeypatch.chdir(tmp_path)  # outside ComfyUI the folders are ./input and ./output
+        with pytest.raises(UnsafePathError, match="outside the allowed folders"):
+            safe_path(name, "input")
+
+    @pytest.mark.parametrize("prefix", ["../escaped", "/tmp/escaped", "a/../../escaped"])
+    def test_output_prefix_outside_output_refused(self, tmp_path, monkeypatch, prefix):
+        from nodes.common import output_stem
+
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(UnsafePathError, match="outside the allowed folders"):
+            output_stem(prefix)
+        assert not any(p.name.startswith("escaped") for p in tmp_path.rglob("*"))
+
+    def test_output_prefix_with_subfolder_stays_inside(self, tmp_path, monkeypatch):
+        from nodes.common import output_stem
+
+        monkeypatch.chdir(tmp_path)
+        stem = output_stem("emosh/clip")
+        assert stem == (tmp_path / "output" / "emosh" / "clip_00001").resolve()
+        stem.with_suffix(".mp4").write_bytes(b"x")
+        assert output_stem("emosh/clip").name == "clip_00002"
+
+    @pytest.mark.parametrize("shape", [(64, 64, 3), (1, 64, 64, 2), (0, 64, 64, 3)])
+    def test_malformed_image_tensor_refused(self, shape):
+        from nodes.common import image_to_uint8
+
+        with pytest.raises(InputError, match="IMAGE|empty image batch"):
+            image_to_uint8(torch.zeros(shape))
+
+    @pytest.mark.xfail(strict=True, reason="FIX NEEDED in nodes/common.py check_image: NaN/Inf pixels pass and become "
+                                           "0 (black) silently instead of an InputError naming the input")
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    def test_nan_inf_image_tensor_refused(self, bad):
+        from nodes.common import image_to_uint8
+
+        images = torch.rand(2, 16, 16, 3)
+        images[1, 4, 4, 0] = bad
+        with pytest.raises(InputError, match="NaN or Inf"):
+            image_to_uint8(images)
