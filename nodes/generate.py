@@ -62,20 +62,22 @@ class ChunkWindow:
         return self
 
 
-def _emosh_diffusion_wrapper(executor, x, timestep, context, *args, **kwargs):
-    """Keyed DIFFUSION_MODEL wrapper: chunk conditioning in time + motion tokens on the noisy frames.
+def _emosh_diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time_dim_concat=None,
+                             transformer_options=None, **kwargs):
+    """Keyed DIFFUSION_MODEL wrapper (signature of ``WanModel.forward``): chunk conditioning in time + motion tokens.
 
-    It reads its data from ``transformer_options`` (positional or keyword, as WanModel.forward passes it), so
-    it stacks with other packs' wrappers and leaves the model itself untouched.
+    Its data come from ``transformer_options``, so it stacks with other packs' wrappers and leaves the model
+    itself untouched.
     """
-    options = kwargs.get("transformer_options")
-    if options is None:
-        options = next((a for a in args if isinstance(a, dict) and ("sample_sigmas" in a or MOTION_KEY in a
-                                                                    or CHUNK_KEY in a)), {})
+    options = transformer_options or {}
     motion: MotionPatch | None = options.get(MOTION_KEY)
     window: ChunkWindow | None = options.get(CHUNK_KEY)
+
+    def call(inp: torch.Tensor) -> torch.Tensor:
+        return executor(inp, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+
     if motion is None and window is None:
-        return executor(x, timestep, context, *args, **kwargs)
+        return call(x)
     model = executor.class_obj
     start = window.start if window is not None else 0
     adapter, latents, factor = None, None, 0.0
@@ -93,8 +95,8 @@ def _emosh_diffusion_wrapper(executor, x, timestep, context, *args, **kwargs):
         factor = motion.schedule.factor(progress)
     conditioning = window.conditioning if window is not None else None
     latent_channels = motion.motion_latents.shape[1] if motion is not None else conditioning.latents.shape[1]
-    return run_model_on_chunk(lambda inp: executor(inp, timestep, context, *args, **kwargs), x, latent_channels,
-                              model.patch_embedding, conditioning, adapter, latents, factor)
+    return run_model_on_chunk(call, x, latent_channels, model.patch_embedding, conditioning, adapter, latents,
+                              factor)
 
 
 def _with_emosh_wrapper(model):

@@ -143,6 +143,8 @@ def inject_motion(patch_embedding: torch.nn.Module, adapter: MotionAdapter, moti
         return
 
     def hook(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if adapter.proj.weight.device != output.device:  # e.g. adapter loaded on CPU, DiT on CUDA
+            adapter.to(output.device)
         tokens = adapter(motion_latents.to(output.device))
         if tokens.shape[0] not in (1, output.shape[0]):
             raise InputError(f"Motion latents have batch {tokens.shape[0]}, the model input has {output.shape[0]}.")

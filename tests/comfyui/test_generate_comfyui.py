@@ -128,6 +128,11 @@ def test_stock_samplers_with_injector(comfy):
 
     zero = gen.HybridMotionInjector().patch(model, vae, control, 0.0, 0.0, 1.0, "tiny_adapter.safetensors")[0]
     assert torch.equal(ksampler.sample(zero, **args)[0]["samples"], base), "strength 0 must leave the model as is"
+    never = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 0.5, "tiny_adapter.safetensors")[0]
+    assert torch.equal(ksampler.sample(never, **args)[0]["samples"], base), "an empty step range must not inject"
+    late = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 1.0, "tiny_adapter.safetensors")[0]
+    late_out = ksampler.sample(late, **args)[0]["samples"]
+    assert not torch.equal(late_out, base) and not torch.equal(late_out, injected), "start_percent is ignored"
 
 
 def test_injector_frame_count_mismatch(comfy):
