@@ -15,14 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-import nodes
 from emosh import edit
 from emosh.body import BodyModel, EHMTrack
 from emosh.errors import InputError, UnsafePathError
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from nodes.common import EHM_MODEL, EHM_TRACK
 
 from test_edit_export import make_track
+from test_workflows import pack_nodes
+
+nodes = pack_nodes()
+common = pack_nodes("common")
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS
+EHM_MODEL, EHM_TRACK = common.EHM_MODEL, common.EHM_TRACK
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 EXPECTED = {"EmoshBodyModelLoader", "EmoshTracker", "EmoshTrackSave", "EmoshTrackLoad", "EmoshTrackEdit",
@@ -196,8 +199,7 @@ def test_save_load_export_stay_inside_comfy_folders(anny, comfy_dirs):
 
 
 def test_conversions_follow_comfy_conventions():
-    from nodes.common import image_to_uint8, mask_to_float, uint8_to_image
-
+    image_to_uint8, mask_to_float, uint8_to_image = common.image_to_uint8, common.mask_to_float, common.uint8_to_image
     frames = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
     image = uint8_to_image(frames)
     assert image.shape == (2, 5, 7, 3) and image.dtype == torch.float32

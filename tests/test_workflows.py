@@ -9,10 +9,13 @@ stand-ins for the five core nodes it uses (load image/video, frame cut, create/s
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
-import re
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -27,6 +30,24 @@ UPLOAD_WIDGETS = {("LoadImage", "image"), ("LoadVideo", "file")}  # the frontend
 FILE_COMBOS = {"image", "file", "unet_name", "clip_name", "vae_name", "ckpt_name", "lora_name", "track_file",
                "adapter"}  # options depend on the user's files
 MUTED = {2, 4}  # node modes: never / bypass
+
+
+PACK_ALIAS = "emosh_pack_nodes"
+
+
+def pack_nodes(module: str = "") -> ModuleType:
+    """Our ``nodes`` package (or one of its modules), imported under an alias.
+
+    ComfyUI itself has a top-level ``nodes`` module; importing ours as ``nodes`` would shadow it for any test in the
+    same process that imports ComfyUI (tests/comfyui/), so the tests never do.
+    """
+    if PACK_ALIAS not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_ALIAS, REPO / "nodes" / "__init__.py",
+                                                      submodule_search_locations=[str(REPO / "nodes")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_ALIAS] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PACK_ALIAS}.{module}" if module else PACK_ALIAS)
 
 
 # ---------------------------------------------------------------------------------------------- schemas
@@ -53,14 +74,31 @@ def _normalise_core(info: dict) -> dict:
     return out
 
 
-def load_schemas(object_info: dict | None = None) -> dict[str, dict]:
-    """Node type → normalised schema: ComfyUI core (stored list, or a live /object_info) plus our nodes."""
-    from nodes import NODE_CLASS_MAPPINGS
+def _normalise_live(info: dict) -> dict:
+    """One node of a live ``GET /object_info`` ({"input": {"required": {name: [type, options]}}}, V1 or V3 combos)."""
+    out: dict = {"required": {}, "optional": {}, "order": [], "output": info["output"],
+                 "output_name": info["output_name"]}
+    for section in ("required", "optional"):
+        for name, value in info["input"].get(section, {}).items():
+            kind, options = value[0], (value[1] if len(value) > 1 else {})
+            if isinstance(kind, list):
+                entry = {"type": "COMBO", **options, "options": kind}
+            else:
+                entry = {"type": kind, **options}
+            out[section][name] = entry
+        out["order"] += [(section, n) for n in info.get("input_order", {}).get(section, info["input"].get(section,
+                                                                                                          {}))]
+    return out
 
-    if object_info is None:
-        object_info = json.loads(CORE_FILE.read_text())["nodes"]
-    schemas = {name: _normalise_core(info) for name, info in object_info.items() if not name.startswith("Emosh")}
-    schemas.update({name: _normalise_ours(cls) for name, cls in NODE_CLASS_MAPPINGS.items()})
+
+def load_schemas(object_info: dict | None = None) -> dict[str, dict]:
+    """Node type → normalised schema: the stored core list plus our classes, or everything from a live
+    ``/object_info`` (then our nodes are checked as ComfyUI actually serves them)."""
+    if object_info is not None:
+        return {name: _normalise_live(info) for name, info in object_info.items()}
+    core = json.loads(CORE_FILE.read_text())["nodes"]
+    schemas = {name: _normalise_core(info) for name, info in core.items()}
+    schemas.update({name: _normalise_ours(cls) for name, cls in pack_nodes().NODE_CLASS_MAPPINGS.items()})
     return schemas
 
 
@@ -279,8 +317,9 @@ class _CoreStandIns:
         self.saved: list[Path] = []
 
     def run(self, class_type: str, inputs: dict) -> tuple:
-        from emosh.video import read_frames, read_image, probe_video, write_video
-        from nodes.common import uint8_to_image
+        from emosh.video import probe_video, read_frames, read_image, write_video
+
+        uint8_to_image = pack_nodes("common").uint8_to_image
 
         if class_type == "LoadImage":
             image = uint8_to_image(read_image(self.input_dir / inputs["image"]))
@@ -309,8 +348,7 @@ class _CoreStandIns:
 
 def run_headless(prompt: dict, core: _CoreStandIns) -> dict[str, tuple]:
     """Execute an API prompt in dependency order (ComfyUI's semantics without its cache or lazy inputs)."""
-    from nodes import NODE_CLASS_MAPPINGS
-
+    NODE_CLASS_MAPPINGS = pack_nodes().NODE_CLASS_MAPPINGS  # noqa: N806
     results: dict[str, tuple] = {}
     pending = dict(prompt)
     while pending:
