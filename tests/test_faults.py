@@ -812,3 +812,36 @@ class TestNodeGlue:
         images[1, 4, 4, 0] = bad
         with pytest.raises(InputError, match="NaN or Inf"):
             image_to_uint8(images)
+
+
+# ====================================================================== preview animator
+@pytest.fixture(scope="module")
+def preview_animator(anny):
+    """An animator whose reference photo is a render of the reference track (so the texture really lines up)."""
+    from emosh.generate.preview import PreviewAnimator
+    from emosh.render.renderer import render_all
+
+    reference = standing_track(anny, 1, size=(96, 64), seed=9)
+    photo = _to_uint8(render_all(anny, reference, ("hybrid",))["hybrid"][0])
+    background = np.full((96, 64, 3), 200, np.uint8)
+    return PreviewAnimator(anny, photo, reference, background, texture_size=128)
+
+
+class TestPreview:
+    def test_same_inputs_identical_frames(self, anny, preview_animator):
+        track = standing_track(anny, 3, seed=10)
+        a, alpha_a = preview_animator.render(track)
+        b, alpha_b = preview_animator.render(track)
+        assert torch.equal(a, b) and torch.equal(alpha_a, alpha_b)
+        assert alpha_a.mean() > 0.02 and (a - 200 / 255).abs().amax() > 0.2, "the person is drawn"
+
+    def test_track_of_another_size_refused(self, anny, preview_animator):
+        with pytest.raises(InputError, match=r"Track frames are \(48, 32\), the background is \(96, 64\)"):
+            preview_animator.render(standing_track(anny, 1, size=(48, 32)))
+
+    def test_reference_track_for_another_photo_refused(self, anny):
+        from emosh.generate.preview import PreviewAnimator
+
+        reference = standing_track(anny, 1, size=(96, 64))
+        with pytest.raises(InputError, match=r"Reference track is for a \(96, 64\) image, the photo is \(80, 64\)"):
+            PreviewAnimator(anny, np.zeros((80, 64, 3), np.uint8), reference, np.zeros((96, 64, 3), np.uint8))
