@@ -84,12 +84,16 @@ class SpatialAlign:
                               "tooltip": "Output width in pixels (multiples of 16 suit video models and codecs)."}),
             "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 16,
                                "tooltip": "Output height in pixels."}),
+            "anchor_frame": ("INT", {"default": 0, "min": 0, "max": 1000000,
+                                     "tooltip": "Frame of the motion that is placed exactly on the reference pose "
+                                                "(usually the first)."}),
         }}
 
-    def align(self, body_model, reference_image: torch.Tensor, reference_track, track, width: int, height: int):
+    def align(self, body_model, reference_image: torch.Tensor, reference_track, track, width: int, height: int,
+              anchor_frame: int):
         check_image(reference_image, "reference_image")
         aligned = lib("align").spatial_align(body_model, image_to_uint8(reference_image[:1])[0], reference_track,
-                                             track, width=width, height=height)
+                                             track, width=width, height=height, anchor=anchor_frame)
         return (aligned.track.to("cpu"), uint8_to_image(aligned.reference_image),
                 mask_from_float(aligned.reference_mask[None]))
 
