@@ -11,6 +11,7 @@ import json
 import sys
 
 COMMAND_MODULES = [  # one module per stage; each adds its sub-commands
+    "emosh.render.cli",
 ]
 
 

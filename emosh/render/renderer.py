@@ -28,7 +28,8 @@ MODES = ("hybrid", "keypoints", "normal", "depth", "mask", "parts")
 
 @dataclass
 class RenderBatch:
-    """Frames ``start .. start + count`` of every requested mode: [n, H, W, 3] float in [0, 1] (mask: [n, H, W])."""
+    """Frames ``start .. start + n`` of every requested mode: [n, H, W, 3] (mask: [n, H, W]), float in [0, 1] or
+    uint8 0..255 when rendered with ``as_uint8=True``."""
 
     start: int
     frames: dict[str, torch.Tensor]
@@ -42,11 +43,12 @@ def output_focal(track: EHMTrack, height: int, width: int) -> torch.Tensor:
 
 def render_track(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hybrid",), width: int | None = None,
                  height: int | None = None, batch_size: int = 16, device: torch.device | str | None = None,
-                 keypoint_style: str = "wan_animate") -> Iterator[RenderBatch]:
+                 keypoint_style: str = "wan_animate", as_uint8: bool = False) -> Iterator[RenderBatch]:
     """Yield :class:`RenderBatch` es of ``modes`` for every frame of ``track``.
 
     ``width``/``height`` default to the track's image size. ``keypoint_style`` picks the drawing of the
     ``keypoints`` mode (a key of :data:`emosh.render.draw.STYLES`: wan_animate, dwpose, unianimate).
+    ``as_uint8`` returns 0..255 frames (what video files take; skips a float conversion of the drawn modes).
     """
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -62,8 +64,14 @@ def render_track(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hyb
     focal = output_focal(track, height, width)
     for start in range(0, track.num_frames, batch_size):
         part = track.frames(start, start + batch_size).to(device)
-        yield RenderBatch(start, renderer.render(part, focal[start:start + batch_size].to(device), modes,
-                                                 keypoint_style))
+        frames = renderer.render(part, focal[start:start + batch_size].to(device), modes, keypoint_style)
+        yield RenderBatch(start, {mode: _convert(image, as_uint8) for mode, image in frames.items()})
+
+
+def _convert(image: torch.Tensor, as_uint8: bool) -> torch.Tensor:
+    if as_uint8:
+        return image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image
 
 
 def render_all(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hybrid",), **kwargs) -> dict[str, torch.Tensor]:
@@ -96,15 +104,14 @@ class _FrameRenderer:
             out: dict[str, torch.Tensor] = {}
             if "hybrid" in modes or "normal" in modes:
                 cam_normals = shading.vertex_normals(cam, self.faces)
-                color, normals = shading.surface_maps(fragments, self.faces, self.colors, cam_normals)
                 if "hybrid" in modes:
-                    out["hybrid"] = shading.shaded(fragments, color, normals, as_uint8=True)
+                    out["hybrid"] = shading.shaded(fragments, self.faces, self.colors, cam_normals, as_uint8=True)
                 if "normal" in modes:
-                    out["normal"] = shading.normal_map(fragments, normals)
+                    out["normal"] = shading.normal_map(fragments, self.faces, cam_normals)
             if "depth" in modes:
                 out["depth"] = shading.depth_map(fragments)
             if "mask" in modes:
-                out["mask"] = fragments.mask.float()[..., None]
+                out["mask"] = fragments.mask.float()
             if "parts" in modes:
                 out["parts"] = shading.parts_map(fragments, self.faces, self.part_labels)
             if "hybrid" in modes or "keypoints" in modes:

@@ -74,13 +74,17 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 
-def surface_maps(fragments: Fragments, faces: torch.Tensor, colors: torch.Tensor,
-                 cam_normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Semantic colour [P, 3] and unit camera-space normal [P, 3] of the covered pixels, in one interpolation."""
-    batch = cam_normals.shape[0]
-    attributes = torch.cat([colors.expand(batch, -1, -1), cam_normals], dim=-1)
-    maps = interpolate_covered(fragments, faces, attributes)
-    return maps[:, :3], torch.nn.functional.normalize(maps[:, 3:], dim=-1, eps=1e-12)
+def shaded(fragments: Fragments, faces: torch.Tensor, colors: torch.Tensor, cam_normals: torch.Tensor,
+           background: float = 1.0, as_uint8: bool = False) -> torch.Tensor:
+    """Semantic colour × lighting over a flat ``background`` → [B, H, W, 3] (float 0..1, or uint8 0..255).
+
+    Lit per vertex and interpolated (Gouraud): on a 13k-vertex body it looks like per-pixel shading at half the cost.
+    """
+    lit = (colors * lambert(cam_normals)).clamp(0.0, 1.0)  # [B, V, 3]
+    pixels = interpolate_covered(fragments, faces, lit)
+    if as_uint8:
+        return fragments.scatter((pixels * 255.0 + 0.5).to(torch.uint8), int(round(background * 255)))
+    return fragments.scatter(pixels, background)
 
 
 def lambert(normals: torch.Tensor) -> torch.Tensor:
@@ -90,18 +94,15 @@ def lambert(normals: torch.Tensor) -> torch.Tensor:
     return _AMBIENT + _DIFFUSE * (normals @ light).abs()[..., None]
 
 
-def shaded(fragments: Fragments, color: torch.Tensor, normals: torch.Tensor, background: float = 1.0,
-           as_uint8: bool = False) -> torch.Tensor:
-    """Semantic colour × lighting over a flat ``background`` → [B, H, W, 3] (float 0..1, or uint8 0..255)."""
-    lit = (color * lambert(normals)).clamp(0.0, 1.0)
-    if as_uint8:
-        return fragments.scatter((lit * 255.0 + 0.5).to(torch.uint8), int(round(background * 255)))
-    return fragments.scatter(lit, background)
+def pixel_normals(fragments: Fragments, faces: torch.Tensor, cam_normals: torch.Tensor) -> torch.Tensor:
+    """Unit camera-space normal [P, 3] of each covered pixel."""
+    return torch.nn.functional.normalize(interpolate_covered(fragments, faces, cam_normals), dim=-1, eps=1e-12)
 
 
-def normal_map(fragments: Fragments, normals: torch.Tensor) -> torch.Tensor:
+def normal_map(fragments: Fragments, faces: torch.Tensor, cam_normals: torch.Tensor) -> torch.Tensor:
     """Normals as colours in the usual normal-map convention (x right, y up, z toward the viewer → RGB 0..1);
     background black."""
+    normals = pixel_normals(fragments, faces, cam_normals)
     return fragments.scatter(normals * normals.new_tensor([0.5, -0.5, -0.5]) + 0.5, 0.0)
 
 

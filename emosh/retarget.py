@@ -1,0 +1,143 @@
+"""Shape Swap / Retarget: the driver's motion performed by the reference person's body.
+
+Shape, motion and camera are separate ``EHMTrack`` fields, so the swap itself is a field copy; joint rotations are
+never changed (the reference body bends exactly like the driver). What has to adapt to the new body is where it
+is: the root trajectory is scaled by the leg-length ratio (a child takes shorter steps) and every frame is shifted
+vertically so the lowest foot point stays on the driver's ground line (no floating or sinking when legs differ).
+Strengths, per-part switches and camera keyframes are the user-facing options.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .body.model import BodyModel
+from .body.track import EHMTrack
+from .edit import CameraKey, apply_camera_keys, expression_groups, eye_joints, hand_joints
+from .errors import InputError
+
+SHAPE_SOURCES = ("reference", "driver", "blend")
+PARTS = ("body", "hands", "face", "eyes")
+_FOOT_PARTS = ("foot_l", "foot_r")
+_FORWARD_CHUNK = 64  # frames per body-model call (bounded memory on long tracks)
+
+
+@dataclass(frozen=True)
+class RetargetOptions:
+    """``shape``: whose body (reference = shape swap, driver = keep, blend = mix by ``blend`` 0 driver .. 1 reference).
+    ``parts``: which parts of the driver's motion to use; a disabled part rests (neutral face, relaxed hands, rest
+    body, eyes straight ahead). ``scale_trajectory``: scale the root's travel by the leg-length ratio.
+    ``keep_ground``: per frame, shift the body vertically so its lowest foot point matches the driver's.
+    ``camera_keys``: zoom/pan keyframes applied to the driver's camera (see ``emosh.edit.CameraKey``)."""
+
+    shape: str = "reference"
+    blend: float = 1.0
+    expression_strength: float = 1.0
+    hand_strength: float = 1.0
+    parts: tuple[str, ...] = PARTS
+    scale_trajectory: bool = True
+    keep_ground: bool = True
+    camera_keys: Sequence[CameraKey] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        if self.shape not in SHAPE_SOURCES:
+            raise InputError(f"shape source must be one of {SHAPE_SOURCES}, got {self.shape!r}")
+        if not 0.0 <= self.blend <= 1.0:
+            raise InputError(f"shape blend must be in [0, 1], got {self.blend}")
+        if self.expression_strength < 0 or self.hand_strength < 0:
+            raise InputError("expression and hand strength must be >= 0")
+        unknown = set(self.parts) - set(PARTS)
+        if unknown:
+            raise InputError(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+
+
+def target_shape(driving: EHMTrack, reference: EHMTrack, options: RetargetOptions) -> torch.Tensor:
+    """The body shape of the output track."""
+    drv, ref = driving.shape, reference.shape.to(driving.device)
+    if drv.shape != ref.shape:
+        raise InputError(f"driving and reference shapes differ in size ({tuple(drv.shape)} vs {tuple(ref.shape)})")
+    weight = {"reference": 1.0, "driver": 0.0, "blend": options.blend}[options.shape]
+    return torch.lerp(drv, ref, weight)
+
+
+def leg_length(model: BodyModel, shape: torch.Tensor) -> torch.Tensor:
+    """Rest-pose height of the pelvis (model origin) above the lowest foot point, in metres."""
+    with torch.no_grad():
+        rest = model.rest(shape).vertices[0]
+    return -rest[:, model.up_axis].min()
+
+
+def lowest_foot(model: BodyModel, track: EHMTrack) -> torch.Tensor:
+    """[T] height (world up axis) of the track's lowest foot vertex per frame, computed in chunks of frames."""
+    foot = torch.isin(model.part_labels, torch.tensor([model.part_index(p) for p in _FOOT_PARTS],
+                                                     device=model.part_labels.device))
+    foot_idx = foot.nonzero(as_tuple=True)[0]
+    out = []
+    with torch.no_grad():
+        for a in range(0, track.num_frames, _FORWARD_CHUNK):
+            b = a + _FORWARD_CHUNK
+            verts = model(track.shape, **{k: v[a:b] for k, v in track.motion().items()}).vertices
+            out.append(verts[:, foot_idx.to(verts.device), model.up_axis].amin(dim=1))
+    return torch.cat(out).to(track.device)
+
+
+def _motion_parts(model: BodyModel, driving: EHMTrack, options: RetargetOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The driver's pose and expression with strengths and disabled parts applied."""
+    pose, expression = driving.pose.clone(), driving.expression.clone()
+    hands, eyes = hand_joints(model), eye_joints(model)
+    groups = expression_groups(model)
+    face_rows = groups["expression"] + groups["jaw"]
+    if options.expression_strength != 1.0:
+        expression[:, face_rows] = expression[:, face_rows] * options.expression_strength
+    if options.hand_strength != 1.0:
+        pose[:, hands] = pose[:, hands] * options.hand_strength  # angles scaled about the rest pose
+    if "body" not in options.parts:
+        body_rows = [i for i in range(pose.shape[1]) if i not in set(hands) | set(eyes)]
+        pose[:, body_rows] = 0.0
+    if "hands" not in options.parts:
+        pose[:, hands] = 0.0
+    if "face" not in options.parts:
+        expression[:, face_rows] = 0.0
+    if "eyes" not in options.parts:
+        pose[:, eyes] = 0.0
+        expression[:, groups["eyes"]] = 0.0
+    if model.backend == "anny":
+        expression = expression.clamp(0.0, 1.0)  # ARKit facial actions live in [0, 1]
+    return pose, expression
+
+
+def retarget(model: BodyModel, driving: EHMTrack, reference: EHMTrack, options: RetargetOptions | None = None,
+             **overrides) -> EHMTrack:
+    """The driver's motion and camera on the reference's body (see :class:`RetargetOptions`; keyword arguments
+    override single options, e.g. ``retarget(model, drv, ref, expression_strength=0.5)``)."""
+    options = options or RetargetOptions()
+    if overrides:
+        options = RetargetOptions(**{**options.__dict__, **overrides})
+    options.validate()
+    driving.check_backend(model.backend)
+    reference.check_backend(model.backend)
+    shape = target_shape(driving, reference, options)
+    pose, expression = _motion_parts(model, driving, options)
+    translation = driving.translation.clone()
+    if options.scale_trajectory:
+        ratio = (leg_length(model, shape) / leg_length(model, driving.shape)).to(translation)
+        start = translation[:1]
+        translation = start + (translation - start) * ratio  # travel scaled about the first frame
+    out = driving.replace(shape=shape, pose=pose, expression=expression, translation=translation,
+                          landmarks2d=None,  # the driver's raw detections do not describe the new body
+                          meta={**driving.meta, "retarget": _describe(options),
+                                "reference": reference.meta.get("source", "")})
+    if options.keep_ground:
+        translation = translation.clone()
+        translation[:, model.up_axis] += lowest_foot(model, driving) - lowest_foot(model, out)
+        out = out.replace(translation=translation)
+    return apply_camera_keys(out, options.camera_keys)
+
+
+def _describe(options: RetargetOptions) -> str:
+    return (f"shape={options.shape}" + (f"({options.blend})" if options.shape == "blend" else "")
+            + f", expression x{options.expression_strength}, hands x{options.hand_strength}"
+            + f", parts={'+'.join(options.parts)}, scale_trajectory={options.scale_trajectory}"
+            + f", keep_ground={options.keep_ground}, camera_keys={len(options.camera_keys)}")
