@@ -23,6 +23,7 @@ from emosh.body import EHMTrack
 from emosh.errors import InputError, MissingModelError, TrackFormatError, UnsafePathError
 from emosh.paths import find_model_file, resolve_inside
 from test_track_format import make_track  # the one synthetic-track builder of the suite
+from test_workflows import pack_nodes  # our nodes package under an alias (ComfyUI owns 'nodes')
 
 
 def _frames(count: int, height: int = 48, width: int = 64, seed: int = 0) -> list[np.ndarray]:
@@ -771,7 +772,7 @@ class TestTracker:
 class TestNodeGlue:
     @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.safetensors"])
     def test_workflow_file_name_outside_input_refused(self, tmp_path, monkeypatch, name):
-        from nodes.common import safe_path
+        safe_path = pack_nodes("common").safe_path
 
         monkeypatch.chdir(tmp_path)  # outside ComfyUI the folders are ./input and ./output
         with pytest.raises(UnsafePathError, match="outside the allowed folders"):
@@ -779,7 +780,7 @@ class TestNodeGlue:
 
     @pytest.mark.parametrize("prefix", ["../escaped", "/tmp/escaped", "a/../../escaped"])
     def test_output_prefix_outside_output_refused(self, tmp_path, monkeypatch, prefix):
-        from nodes.common import output_stem
+        output_stem = pack_nodes("common").output_stem
 
         monkeypatch.chdir(tmp_path)
         with pytest.raises(UnsafePathError, match="outside the allowed folders"):
@@ -787,7 +788,7 @@ class TestNodeGlue:
         assert not any(p.name.startswith("escaped") for p in tmp_path.rglob("*"))
 
     def test_output_prefix_with_subfolder_stays_inside(self, tmp_path, monkeypatch):
-        from nodes.common import output_stem
+        output_stem = pack_nodes("common").output_stem
 
         monkeypatch.chdir(tmp_path)
         stem = output_stem("emosh/clip")
@@ -797,7 +798,7 @@ class TestNodeGlue:
 
     @pytest.mark.parametrize("shape", [(64, 64, 3), (1, 64, 64, 2), (0, 64, 64, 3)])
     def test_malformed_image_tensor_refused(self, shape):
-        from nodes.common import image_to_uint8
+        image_to_uint8 = pack_nodes("common").image_to_uint8
 
         with pytest.raises(InputError, match="IMAGE|empty image batch"):
             image_to_uint8(torch.zeros(shape))
@@ -806,7 +807,7 @@ class TestNodeGlue:
                                            "0 (black) silently instead of an InputError naming the input")
     @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
     def test_nan_inf_image_tensor_refused(self, bad):
-        from nodes.common import image_to_uint8
+        image_to_uint8 = pack_nodes("common").image_to_uint8
 
         images = torch.rand(2, 16, 16, 3)
         images[1, 4, 4, 0] = bad
