@@ -846,3 +846,40 @@ class TestPreview:
         reference = standing_track(anny, 1, size=(96, 64))
         with pytest.raises(InputError, match=r"Reference track is for a \(96, 64\) image, the photo is \(80, 64\)"):
             PreviewAnimator(anny, np.zeros((80, 64, 3), np.uint8), reference, np.zeros((96, 64, 3), np.uint8))
+
+
+# ====================================================================== retarget and align
+class TestRetargetAlign:
+    def test_long_driving_short_reference(self, anny):
+        from emosh.retarget import retarget
+
+        driving = standing_track(anny, 40, seed=11)
+        reference = standing_track(anny, 1, seed=12).replace(shape=torch.full((6,), 0.8))
+        before = {k: v.clone() for k, v in driving.tensors().items()}
+        out = retarget(anny, driving, reference)
+        assert out.num_frames == 40 and torch.equal(out.shape, reference.shape)
+        for name, value in before.items():
+            assert torch.equal(value, getattr(driving, name)), f"retarget changed the driving track's {name}"
+
+    def test_track_from_other_backend_refused(self, anny):
+        from emosh.retarget import retarget
+
+        good = standing_track(anny, 2)
+        with pytest.raises(TrackFormatError, match="'smplx_flame' body model.*re-track"):
+            retarget(anny, good, good.replace(backend="smplx_flame"))
+
+    def test_reference_photo_of_another_size_refused(self, anny):
+        from emosh.align import spatial_align
+
+        reference = standing_track(anny, 1, size=(96, 64))
+        with pytest.raises(InputError, match="reference image is 80x96 but its track was made on 64x96 images"):
+            spatial_align(anny, np.zeros((96, 80, 3), np.uint8), reference, standing_track(anny, 2), 64, 96)
+
+    def test_align_to_size_not_multiple_of_16(self, anny):
+        from emosh.align import spatial_align
+
+        reference = standing_track(anny, 1, size=(96, 64))
+        photo = np.full((96, 64, 3), 200, np.uint8)
+        result = spatial_align(anny, photo, reference, standing_track(anny, 3), width=50, height=70)
+        assert result.track.image_size == (70, 50) and result.reference_image.shape == (70, 50, 3)
+        assert result.reference_mask.shape == (70, 50) and result.reference_mask.mean() > 0.02
