@@ -58,6 +58,7 @@ TASK_URLS = {
 
 _L_WRIST, _R_WRIST, _NOSE = 15, 16, 0
 _MAX_PEOPLE = 4
+_MIN_HAND_PX = 4.0  # a hand spanning fewer pixels (in the detection image) is a collapsed detection
 
 
 class MultiplePeopleWarning(UserWarning):
@@ -148,6 +149,23 @@ def _bbox(xy: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
 
 def _area(box: np.ndarray) -> float:
     return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
+
+
+def _check_hands(det: FrameDetection) -> FrameDetection:
+    """Down-weight implausible hands in place: the hand models sometimes "find" a hand on a blurred face or collapse
+    to a point. A hand whose body wrist is barely visible gets that visibility as its confidence (below the fitter's
+    gate for the cases seen on the test videos); a hand smaller than a tenth of the shoulder width is dropped."""
+    body_conf = det.confidence[BODY]
+    shoulders = float(np.linalg.norm(det.landmarks[11] - det.landmarks[12])) if body_conf[[11, 12]].min() > 0.5 else 0
+    for group, wrist in ((LEFT_HAND, _L_WRIST), (RIGHT_HAND, _R_WRIST)):
+        if not det.confidence[group].any():
+            continue
+        span = float(np.ptp(det.landmarks[group], axis=0).max())
+        if span < max(_MIN_HAND_PX, 0.1 * shoulders):
+            det.landmarks[group], det.confidence[group] = 0.0, 0.0
+        elif det.part_found("body") and body_conf[wrist] < 0.5:
+            det.confidence[group] = np.minimum(det.confidence[group], body_conf[wrist])
+    return det
 
 
 class _PeopleCounter:
@@ -248,7 +266,7 @@ class _HolisticBackend:
             self._blank_others(sub, faces, crop)
             result = self._holistic.process(sub)
             box = (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
-        det = self._convert(result, box)
+        det = _check_hands(self._convert(result, box))
         det.num_people = max(self._people, int(det.found))
         body = det.part_found("body")
         self._last_nose = det.landmarks[_NOSE].copy() if body and not self._static else None
@@ -387,6 +405,7 @@ class _TasksBackend:
             det.world_body = _world(pose.pose_world_landmarks[chosen]) if pose.pose_world_landmarks else None
             person_box = boxes[chosen]
         self._assign_hands(det, hands, box, person_box)
+        _check_hands(det)
         if faces is not None and faces.face_landmarks:
             self._assign_face(det, faces, box, person_box)
         return det
