@@ -123,8 +123,11 @@ def flow_matching_loss(transformer: torch.nn.Module, adapter: MotionAdapter, vid
 
 def train(pipeline, samples: Iterator[Sample], steps: int, lr: float = 1e-4, lora_rank: int = 0,
           lora_alpha: float = 1.0, temporal_frames: int = 1, text: torch.Tensor | None = None, seed: int = 0,
-          mixed_precision: str = "no", log_every: int = 1) -> list[float]:
-    """Optimise the adapter (and LoRA) of an :class:`~emosh.generate.pipeline.EmoshPipeline`; returns the losses."""
+          mixed_precision: str = "no", log_every: int = 1) -> tuple[list[float], dict[str, LoRALinear]]:
+    """Optimise the adapter (and LoRA) of an :class:`~emosh.generate.pipeline.EmoshPipeline` in place.
+
+    Returns the per-step losses and the LoRA layers now inside the DiT (empty without ``lora_rank``).
+    """
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=pipeline.device.type == "cpu")
@@ -165,8 +168,7 @@ def train(pipeline, samples: Iterator[Sample], steps: int, lr: float = 1e-4, lor
             accelerator.print(json.dumps({"step": step, "loss": losses[-1]}))
     transformer.eval()
     pipeline.adapter = accelerator.unwrap_model(adapter)
-    pipeline.lora = lora
-    return losses
+    return losses, lora
 
 
 def save_lora(lora: dict[str, LoRALinear], path: str | Path) -> None:
@@ -234,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.adapter else _pipeline_with_new_adapter(args.model, args.vae, args.device)
     text = load_file(args.text_embeds)["prompt_embeds"] if args.text_embeds else None
     stream = _sample_stream(find_pairs(args.data), args.frames, (args.height, args.width), args.seed)
-    losses = train(pipe, stream, args.steps, args.lr, args.lora_rank, args.lora_alpha, args.temporal_frames, text,
-                   args.seed, args.mixed_precision)
+    losses, lora = train(pipe, stream, args.steps, args.lr, args.lora_rank, args.lora_alpha, args.temporal_frames,
+                         text, args.seed, args.mixed_precision)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.adapter.save(args.out / "emosh_adapter.safetensors")
-    if pipe.lora:
-        save_lora(pipe.lora, args.out / "emosh_lora.safetensors")
+    if lora:
+        save_lora(lora, args.out / "emosh_lora.safetensors")
     print(json.dumps({"steps": len(losses), "final_loss": losses[-1], "out": str(args.out)}))
     return 0
 

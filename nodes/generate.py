@@ -152,7 +152,7 @@ class HybridMotionInjector:
                                         "tooltip": "Fraction of the sampling steps after which the motion is added."}),
             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "Fraction of the sampling steps after which the motion stops."}),
-            "adapter": ([USE_ANIMATE_EMBEDDING] + _adapter_files(),
+            "adapter": (_adapter_files() + [USE_ANIMATE_EMBEDDING],
                         {"tooltip": "EMOSH adapter weights (.safetensors) from models/emosh/. Choose the Wan-Animate "
                                     "entry to use a Wan-Animate model's own pose_patch_embedding."}),
         }}
@@ -253,6 +253,8 @@ class EmoshSampler:
         check_video_inputs(control, reference, init_video)
         if (sampler is None) != (sigmas is None):
             raise InputError("Connect both SAMPLER and SIGMAS to use a custom sampler, or neither.")
+        if denoise < 1.0 and init_video is None and sigmas is None:
+            raise InputError("denoise < 1 keeps part of an init video: connect init_video, or set denoise to 1.")
         total = latent_frame_count(control.shape[0])
         motion: MotionPatch | None = model.model_options.get("transformer_options", {}).get(MOTION_KEY)
         if motion is None:

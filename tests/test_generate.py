@@ -237,6 +237,9 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         check_video_inputs(control[:, :24], control[0, :24])
     with pytest.raises(InputError, match="chunk"):
         plan_chunks(10, 4, 4)
+    with pytest.raises(InputError, match="init video"):
+        tiny_pipeline().sample_latents(torch.zeros(1, 16, 3, 4, 4), torch.zeros(1, 16, 1, 4, 4),
+                                       torch.zeros(1, 4, TEXT_DIM), denoise=0.5)
     pipe = tiny_pipeline()
     with pytest.raises(InputError, match="Wrong size"):
         pipe(control[0, :16], control, torch.zeros(1, 4, TEXT_DIM), num_inference_steps=1)
@@ -311,15 +314,15 @@ def test_two_training_steps_change_the_adapter(tmp_path):
         while True:
             yield Sample(video, video.flip(2))
 
-    losses = train(pipe, samples(), steps=2, lr=1e-2, lora_rank=2, temporal_frames=1, log_every=0)
+    losses, lora = train(pipe, samples(), steps=2, lr=1e-2, lora_rank=2, temporal_frames=1, log_every=0)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert (pipe.adapter.proj.weight - before).abs().max() > 0, "adapter weights did not change"
-    assert pipe.lora and any(layer.lora_b.abs().max() > 0 for layer in pipe.lora.values())
-    save_lora(pipe.lora, tmp_path / "lora.safetensors")
+    assert lora and any(layer.lora_b.abs().max() > 0 for layer in lora.values())
+    save_lora(lora, tmp_path / "lora.safetensors")
     pipe.adapter.save(tmp_path / "adapter.safetensors")
     assert MotionAdapter.load(tmp_path / "adapter.safetensors").proj.weight.abs().max() > 0
     fresh = tiny_transformer()
-    assert len(load_lora(fresh, tmp_path / "lora.safetensors")) == len(pipe.lora)
+    assert len(load_lora(fresh, tmp_path / "lora.safetensors")) == len(lora)
     x = torch.randn(1, 16, 2, 4, 4)
     kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 3, TEXT_DIM), return_dict=False)
     with torch.no_grad():

@@ -242,6 +242,8 @@ class EmoshPipeline:
         """
         if not 0.0 < denoise <= 1.0:
             raise InputError(f"denoise must be in (0, 1], got {denoise}.")
+        if denoise < 1.0 and init_latents is None:
+            raise InputError("denoise < 1 keeps part of an init video: pass init_video (or init_latents).")
         if init_latents is not None and init_latents.shape != motion_latents.shape:
             raise InputError(f"Frame count mismatch: init latents {list(init_latents.shape)}, motion latents "
                              f"{list(motion_latents.shape)}.")

@@ -177,5 +177,13 @@ def test_emosh_sampler_chunks(comfy):
 
     with pytest.raises(Exception, match="Frame count mismatch"):
         sampler.sample(patched, positive, negative, vae, reference, control[:17], **args)
+    import comfy.model_management
+
+    comfy.model_management.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            sampler.sample(patched, positive, negative, vae, reference, control, **args)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
     with pytest.raises(Exception, match="Wrong size"):
         sampler.sample(patched, positive, negative, vae, reference[:, :16], control, **args)
