@@ -10,7 +10,7 @@ import pytest
 
 from emosh.errors import MissingModelError
 from emosh.track.detect import (BODY, FACE, LEFT_HAND, RIGHT_HAND, TASK_FILES, Detector, FrameDetection,
-                                MultiplePeopleWarning, detect_frames, stack_detections)
+                                MultiplePeopleWarning, _check_hands, detect_frames, stack_detections)
 from emosh.video import read_frames, read_image
 
 
@@ -215,3 +215,17 @@ def test_tasks_hands_on_dance_video(task_dir, shared_real):
                 assert np.linalg.norm(a.landmarks[group][0] - b.landmarks[group][0]) < 0.05 * height
     assert compared >= 15
     assert np.mean([d.part_found("left_hand") or d.part_found("right_hand") for d in got]) > 0.5
+
+
+def test_implausible_hands_are_down_weighted(holistic_astronaut):
+    """A hand hanging off a barely visible wrist keeps that visibility as confidence; a collapsed hand is dropped."""
+    det = FrameDetection(holistic_astronaut.landmarks.copy(), holistic_astronaut.confidence.copy())
+    shoulder = float(np.linalg.norm(det.landmarks[11] - det.landmarks[12]))
+    rng = np.random.default_rng(1)
+    det.landmarks[LEFT_HAND] = det.landmarks[15] + rng.uniform(0, 0.5 * shoulder, (21, 2))
+    det.landmarks[RIGHT_HAND] = det.landmarks[16] + rng.uniform(0, 0.02 * shoulder, (21, 2))
+    det.confidence[LEFT_HAND] = det.confidence[RIGHT_HAND] = 1.0
+    det.confidence[15], det.confidence[16] = 0.2, 0.9
+    _check_hands(det)
+    assert np.allclose(det.confidence[LEFT_HAND], 0.2)
+    assert not det.part_found("right_hand") and (det.landmarks[RIGHT_HAND] == 0).all()

@@ -70,7 +70,8 @@ class FrameDetection:
     """Landmarks of one person in one frame, in pixels of the frame given (layout: ``LANDMARK_GROUPS``)."""
 
     landmarks: np.ndarray  # [553, 2] float32 (x, y) px; zeros where not seen
-    confidence: np.ndarray  # [553] float32 in [0, 1]; body = visibility*presence, hands/face = score or 1, unseen 0
+    confidence: np.ndarray  # [553] float32 in [0, 1]; body = visibility*presence, face = 1, hands = score or 1
+    #                         (capped by the body wrist's visibility), 0 where unseen
     world_body: np.ndarray | None = None  # [33, 3] metric landmarks (m, hip-centred) from the pose model
     blendshapes: np.ndarray | None = None  # [52] ARKit scores in Anny's facial_action_labels order (tasks + face)
     num_people: int = 0  # people the detector saw in this frame (the tracked one included)
