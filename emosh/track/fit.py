@@ -478,7 +478,11 @@ class Fitter:
             if fit_shape:
                 groups.append({"params": [shape_p], "lr": s.lr * 0.5})
             opt = torch.optim.Adam(groups)
-            for _ in range(steps):
+            base_lr = [g["lr"] for g in groups]
+            for step in range(steps):
+                # linear decay to 10 %: Adam's normalised steps otherwise leave lr-sized noise in every frame
+                for g, lr in zip(opt.param_groups, base_lr):
+                    g["lr"] = lr * (1.0 - 0.9 * step / max(steps - 1, 1))
                 opt.zero_grad(set_to_none=True)
                 state = FitState(params["q"], params["orient"], params["cam"], params["expr"])
                 r = self.body.rest(shape_p) if fit_shape else rest

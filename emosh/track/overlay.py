@@ -17,7 +17,7 @@ from ..body.model import BodyModel
 from ..body.track import EHMTrack
 from ..keypoints import HAND_BONES
 from ..render.raster import rasterize
-from ..render.shading import semantic_colors, shaded, surface_maps, vertex_normals
+from ..render.shading import semantic_colors, shaded, vertex_normals
 from .correspondence import mesh_landmarks
 
 # MediaPipe pose skeleton (subject's left = odd indices) for the fitted-landmark lines
@@ -62,9 +62,7 @@ def _render_chunk(frames: list[np.ndarray], part: EHMTrack, model: BodyModel, co
         cam = to_camera(out.vertices, part.cam_R.to(dev), part.cam_t.to(dev))
         pix = project_camera_points(cam, part.focal.to(dev), size)
         frags = rasterize(torch.cat([pix, cam[..., 2:]], -1), faces, size, cull_backfaces=True)
-        normals = vertex_normals(cam, faces)
-        color, normal = surface_maps(frags, faces, colors, normals)
-        mesh = shaded(frags, color, normal, background=0.0, as_uint8=True).cpu().numpy()
+        mesh = shaded(frags, faces, colors, vertex_normals(cam, faces), background=0.0, as_uint8=True).cpu().numpy()
         mask = frags.mask.cpu().numpy()
         lm_cam = to_camera(mesh_landmarks(model, out), part.cam_R.to(dev), part.cam_t.to(dev))
         fitted = project_camera_points(lm_cam, part.focal.to(dev), size).cpu().numpy()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
+import roma
 import torch
 
 from ..body.camera import default_focal
@@ -25,7 +26,8 @@ DEFAULT_WINDOW = 32
 CONTEXT = 4  # frames of the previous window that the smoothness term sees
 VIDEO_ITERATIONS = 40
 FIRST_WINDOW_ITERATIONS = 100
-REFERENCE_ITERATIONS = 400
+REFERENCE_ITERATIONS = 300
+FILTER_SECONDS = 0.04  # σ of the offline parameter smoothing (1.2 frames at 30 fps)
 
 
 class TrackingCancelled(EmoshError):
@@ -104,12 +106,14 @@ class WindowedTracker:
     def __init__(self, model: BodyModel, image_size: tuple[int, int], *, fps: float, focal: float | None = None,
                  reference: bool = False, iterations: int | None = None, smoothing: float = 1.0,
                  window: int = DEFAULT_WINDOW, shape: torch.Tensor | None = None,
-                 first_window_iterations: int | None = None):
+                 first_window_iterations: int | None = None, filter_sigma: float | None = None):
         self.model = model
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.fps = float(fps)
         self.focal = float(focal) if focal else default_focal(self.image_size)
         self.reference = reference
+        # offline zero-phase smoothing of the fitted parameters (frames); removes the optimiser's per-frame noise
+        self.filter_sigma = (FILTER_SECONDS * self.fps * float(smoothing)) if filter_sigma is None else float(filter_sigma)
         settings = FitSettings()
         w = settings.weights
         for name in ("smooth_pose", "smooth_global", "smooth_depth", "smooth_expr"):
@@ -176,6 +180,12 @@ class WindowedTracker:
         dev = state.q.device
         det_dev = detected.to(dev)
         state = FitState(*(_interpolate(x, det_dev) for x in (state.q, state.orient, state.cam, state.expr)))
+        if self.filter_sigma > 0 and state.q.shape[0] > 2:
+            state = FitState(_gaussian_filter(state.q, self.filter_sigma),
+                             roma.rotmat_to_rotvec(roma.special_procrustes(
+                                 _gaussian_filter(roma.rotvec_to_rotmat(state.orient), self.filter_sigma))),
+                             _gaussian_filter(state.cam, self.filter_sigma),
+                             _gaussian_filter(state.expr, self.filter_sigma))
         motion = self.fitter.motion(state)
         t = state.q.shape[0]
         cam_R = self.fitter.cam_R.expand(t, 3, 3).contiguous()
@@ -190,6 +200,22 @@ class WindowedTracker:
             focal=torch.full((t,), self.focal, device=dev), cam_R=cam_R.float(), cam_t=torch.zeros(t, 3, device=dev),
             confidence=conf.to(dev), detected=det_dev, image_size=self.image_size, fps=self.fps,
             landmarks2d=torch.from_numpy(np.stack(self._landmarks)).to(dev), meta=info)
+
+
+def _gaussian_filter(values: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Zero-phase Gaussian smoothing over frames (dim 0), edges reflected."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = values.shape[0]
+    x = torch.arange(-radius, radius + 1, device=values.device, dtype=values.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    flat = values.reshape(t, -1).T[:, None]  # [C, 1, T]
+    pad = min(radius, t - 1)
+    flat = torch.nn.functional.pad(flat, (pad, pad), mode="reflect")
+    if pad < radius:
+        flat = torch.nn.functional.pad(flat, (radius - pad, radius - pad), mode="replicate")
+    out = torch.nn.functional.conv1d(flat, kernel.view(1, 1, -1))
+    return out[:, 0].T.reshape(values.shape)
 
 
 def _placeholder(fitter: Fitter, frames: int, base: FitState | None) -> FitState:
