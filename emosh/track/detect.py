@@ -13,10 +13,11 @@ Sides are the PERSON's anatomical sides everywhere: body landmark 11 is the pers
 camera. Coordinates are pixels of the frame given to the detector; detection itself runs at a long side of
 ``DETECT_LONG_SIDE`` px (big frames are shrunk, small ones enlarged) and the points are mapped back.
 
-Several people: holistic alone would follow whichever person its pose detector likes. A face detector counts the
-people in every frame; when it sees more than one, holistic runs on a crop around the largest person (then keeps
-following that person) and a ``MultiplePeopleWarning`` is issued once per detector. The tasks backend asks its pose
-model for several people and keeps the largest (then the nearest to the previous choice).
+Several people: holistic alone follows whichever person its pose detector likes, and after losing its person for a
+moment it jumps to another one and stays there. A face detector counts the people (every 5th frame while one is in
+view); once it sees several, holistic runs on a crop around one of them (the person it was already following, else
+the largest), keeps following that person, and a ``MultiplePeopleWarning`` is issued once per detector. The tasks
+backend asks its pose model for several people and keeps the largest (then the nearest to the previous choice).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ _MIN_HAND_PX = 4.0  # a hand spanning fewer pixels (in the detection image) is a
 
 
 class MultiplePeopleWarning(UserWarning):
-    """More than one person was seen; only one (the largest) is tracked."""
+    """More than one person was seen; only one (the one already tracked, else the largest) is followed."""
 
 
 @dataclass
@@ -97,8 +98,7 @@ class FrameDetection:
 
 
 def _import_mediapipe():
-    """mediapipe, imported with its C++ INFO/WARNING chatter and a known protobuf deprecation notice muted."""
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    """mediapipe, with its known protobuf deprecation notice (harmless with protobuf 4.x) muted."""
     warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
     try:
         import mediapipe as mp
