@@ -329,6 +329,29 @@ def test_two_training_steps_change_the_adapter(tmp_path):
         assert torch.allclose(fresh(x, **kwargs)[0], pipe.transformer(x, **kwargs)[0], atol=1e-6)
 
 
+def test_train_cli_on_video_pairs(tmp_path, capsys):
+    import json
+
+    from emosh.train import main
+    from emosh.video import write_video
+
+    tiny_transformer().save_pretrained(tmp_path / "model" / "transformer", safe_serialization=True)
+    tiny_vae().save_pretrained(tmp_path / "model" / "vae", safe_serialization=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    video = (moving_video(12) * 255).to(torch.uint8).numpy()
+    write_video(data / "clip.mp4", video, fps=8)
+    write_video(data / "clip.control.mp4", video[:, :, ::-1].copy(), fps=8)
+    code = main(["--model", str(tmp_path / "model"), "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--steps", "2", "--frames", "9", "--height", "32", "--width", "32", "--lora-rank", "2",
+                 "--device", "cpu"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
+    assert MotionAdapter.load(tmp_path / "run" / "emosh_adapter.safetensors").proj.weight.abs().max() > 0
+    assert (tmp_path / "run" / "emosh_lora.safetensors").is_file()
+
+
 # ---------------------------------------------------------------- node schemas (no ComfyUI needed)
 
 

@@ -101,7 +101,7 @@ def load_transformer(path: str | os.PathLike, config: dict | None = None,
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     model = getattr(diffusers, name)(**cfg)
     model.load_state_dict(sd, strict=True)
-    return model.to(dtype)
+    return model if dtype == torch.float32 else model.to(dtype)
 
 
 def load_vae(path: str | os.PathLike, config: dict | None = None) -> torch.nn.Module:

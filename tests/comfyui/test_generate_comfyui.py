@@ -187,3 +187,23 @@ def test_emosh_sampler_chunks(comfy):
         comfy.model_management.interrupt_current_processing(False)
     with pytest.raises(Exception, match="Wrong size"):
         sampler.sample(patched, positive, negative, vae, reference[:, :16], control, **args)
+
+
+def test_diffusers_host_loads_native_single_file(comfy):
+    """The ComfyUI-layout file converts to a diffusers transformer that computes what ComfyUI's WanModel computes."""
+    path = comfy["root"] / "diffusion_models" / "tiny_wan.safetensors"
+    import comfy.ldm.wan.model
+    import comfy.ops
+    from safetensors.torch import load_file
+
+    from emosh.generate.pipeline import load_transformer
+
+    native = comfy.ldm.wan.model.WanModel(dim=DIM, ffn_dim=256, num_heads=1, num_layers=2, text_dim=4096,
+                                          freq_dim=256, operations=comfy.ops.manual_cast)
+    native.load_state_dict(load_file(str(path)))
+    converted = load_transformer(path).eval()
+    x, context, t = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 8, 4096), torch.tensor([700.0])
+    with torch.no_grad():
+        expected = native(x, t, context)
+        got = converted(x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
