@@ -47,9 +47,13 @@ STYLES: dict[str, PoseStyle] = {
                         head=False),
 }
 
-# Depth slack (metres) within which a keypoint counts as on the visible surface: surface points sit on it,
-# finger joints lie about a finger radius below it.
+# Depth slack (metres) within which a keypoint counts as on the visible surface: face points sit on it, finger
+# joints lie about a finger radius below it.
+_FACE_TOLERANCE = 0.01
 _SURFACE_TOLERANCE = 0.03
+# Face-plane landmarks (FaceMesh): right/left eye outer corners, forehead, chin; and the body points of the face.
+_FACE_FRAME = (33, 263, 10, 152)
+_BODY_FACE_POINTS = (0, 1, 2, 3, 4, 5, 6, 9, 10)
 
 
 def own_part_table(part_names: list[str], device: torch.device) -> torch.Tensor:
@@ -63,15 +67,23 @@ def own_part_table(part_names: list[str], device: torch.device) -> torch.Tensor:
     return table
 
 
-def keypoint_visibility(fragments: Fragments, pixels: torch.Tensor, depth: torch.Tensor, part_labels: torch.Tensor,
-                        faces: torch.Tensor, own_parts: torch.Tensor) -> torch.Tensor:
-    """[B, N] bool: a keypoint is drawn when it lies in the image and is not hidden behind the body.
+def face_toward_camera(camera_points: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the face plane (eye corners, forehead, chin) faces the camera (DWPose loses the face otherwise)."""
+    right, left, top, chin = (camera_points[:, kp.FACE + i] for i in _FACE_FRAME)
+    forward = torch.linalg.cross(left - right, chin - top)  # points into the head for a face seen from the front
+    return (forward * (right + left) / 2).sum(-1) > 0
 
-    Hidden means: the visible surface at its pixel is more than ``_SURFACE_TOLERANCE`` nearer than the keypoint
+
+def keypoint_visibility(fragments: Fragments, pixels: torch.Tensor, camera_points: torch.Tensor,
+                        part_labels: torch.Tensor, faces: torch.Tensor, own_parts: torch.Tensor) -> torch.Tensor:
+    """[B, 553] bool: a keypoint is drawn when it lies in the image and is not hidden behind the body.
+
+    Hidden means: the visible surface at its pixel is nearer than the keypoint (by more than a small tolerance)
     and belongs to a part other than the keypoint's own (an elbow is seen through its own arm, never through the
-    torso; face points are surface points and use the depth test alone).
+    torso); face points and the body's face points also need the face to point toward the camera.
     """
     batch, height, width = fragments.size
+    depth = camera_points[..., 2]
     col = pixels[..., 0].floor().long()
     row = pixels[..., 1].floor().long()
     inside = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (depth > 0)
@@ -87,9 +99,15 @@ def keypoint_visibility(fragments: Fragments, pixels: torch.Tensor, depth: torch
                                 torch.full_like(depth, float("inf")))
     surface_face = fragments.covered_face.index_select(0, pos).view_as(depth)
     surface_part = part_labels[faces[surface_face, 0]]
-    in_front = depth <= surface_depth + _SURFACE_TOLERANCE
+    tolerance = torch.full_like(depth[0], _SURFACE_TOLERANCE)
+    tolerance[kp.FACE:] = _FACE_TOLERANCE
+    in_front = depth <= surface_depth + tolerance
     through_own = own_parts[torch.arange(pixels.shape[1], device=pixels.device)[None, :], surface_part] & on_body
-    return inside & (in_front | through_own)
+    visible = inside & (in_front | through_own)
+    facing = face_toward_camera(camera_points)[:, None]
+    visible[:, kp.FACE:] &= facing
+    visible[:, list(_BODY_FACE_POINTS)] &= facing
+    return visible
 
 
 def _color(rgb: tuple[int, int, int], scale: float = 1.0) -> tuple[int, int, int]:

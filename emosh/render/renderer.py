@@ -117,8 +117,8 @@ class _FrameRenderer:
             if "hybrid" in modes or "keypoints" in modes:
                 landmarks = to_camera(mesh_landmarks(self.model, output).to(self.device), track.cam_R, track.cam_t)
                 kp_pixels = project_camera_points(landmarks, focal, self.size)
-                visible = draw.keypoint_visibility(fragments, kp_pixels, landmarks[..., 2], self.part_labels,
-                                                   self.faces, self.own_parts)
+                visible = draw.keypoint_visibility(fragments, kp_pixels, landmarks, self.part_labels, self.faces,
+                                                   self.own_parts)
                 self._draw(out, modes, keypoint_style, kp_pixels, visible)
         return {m: out[m] for m in modes}
 
