@@ -72,26 +72,32 @@ def find_pairs(data_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _frame_count(path: Path) -> int:
+    from .video import probe_video, read_frames
+
+    count = probe_video(path).frames  # 0 when the container does not say
+    return count if count > 0 else len(read_frames(path))
+
+
 def load_clip(video: Path, control: Path, frames: int, size: tuple[int, int], rng: random.Random) -> Sample:
-    """A random ``frames``-frame window of a pair, resized to ``size`` (h, w)."""
+    """A random ``frames``-frame window of a pair (only that window is decoded), resized to ``size`` (h, w)."""
     import torch.nn.functional as F
 
     from .video import read_frames
 
-    real = torch.from_numpy(read_frames(video)).float() / 255.0
-    ctrl = torch.from_numpy(read_frames(control)).float() / 255.0
-    if real.shape[0] != ctrl.shape[0]:
-        raise InputError(f"Frame count mismatch: {video.name} has {real.shape[0]} frames, {control.name} "
-                         f"{ctrl.shape[0]}.")
-    if real.shape[0] < frames:
-        raise InputError(f"{video.name} has {real.shape[0]} frames; training clips need {frames}.")
-    start = rng.randrange(real.shape[0] - frames + 1)
+    count, control_count = _frame_count(video), _frame_count(control)
+    if count != control_count:
+        raise InputError(f"Frame count mismatch: {video.name} has {count} frames, {control.name} {control_count}.")
+    if count < frames:
+        raise InputError(f"{video.name} has {count} frames; training clips need {frames}.")
+    start = rng.randrange(count - frames + 1)
 
-    def prep(x: torch.Tensor) -> torch.Tensor:
-        x = x[start:start + frames].permute(0, 3, 1, 2)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    def window(path: Path) -> torch.Tensor:
+        x = torch.from_numpy(read_frames(path, start=start, max_frames=frames)).float().div(255.0)
+        x = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+        return x.permute(0, 2, 3, 1)
 
-    return Sample(prep(real), prep(ctrl))
+    return Sample(window(video), window(control))
 
 
 def flow_matching_loss(transformer: torch.nn.Module, adapter: MotionAdapter, video_latents: torch.Tensor,

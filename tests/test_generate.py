@@ -350,6 +350,13 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
     assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
     assert MotionAdapter.load(tmp_path / "run" / "emosh_adapter.safetensors").proj.weight.abs().max() > 0
     assert (tmp_path / "run" / "emosh_lora.safetensors").is_file()
+    import random
+
+    from emosh.train import load_clip
+
+    write_video(data / "short.control.mp4", video[:10], fps=8)
+    with pytest.raises(InputError, match="Frame count mismatch"):
+        load_clip(data / "clip.mp4", data / "short.control.mp4", 9, (32, 32), random.Random(0))
 
 
 # ---------------------------------------------------------------- node schemas (no ComfyUI needed)
