@@ -1,7 +1,7 @@
 """EHM Body Model Loader: the body model every other EMOSH node shares (socket type EHM_MODEL)."""
 from __future__ import annotations
 
-from .common import EHM_MODEL, ROOT_CATEGORY, lib
+from .common import EHM_MODEL, ROOT_CATEGORY, autograd, lib
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -43,7 +43,8 @@ class EHMBodyModelLoader:
         }}
 
     def load(self, backend: str, device: str):
-        return (lib("body").load_body_model(backend, resolve_device(device)),)
+        with autograd():  # the tracker differentiates through this model's tensors
+            return (lib("body").load_body_model(backend, resolve_device(device)),)
 
 
 NODE_CLASS_MAPPINGS = {"EmoshBodyModelLoader": EHMBodyModelLoader}

@@ -6,12 +6,13 @@ ComfyUI loads the pack as a package (``<pack>.emosh``) and when the repository r
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib
 import os
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -95,6 +96,15 @@ def mask_from_float(mask: torch.Tensor | np.ndarray) -> torch.Tensor:
     if m.dtype == torch.uint8:
         m = m.float() / 255.0
     return m.float().clamp(0, 1)
+
+
+@contextlib.contextmanager
+def autograd() -> Iterator[None]:
+    """Gradients on, inside ComfyUI's ``torch.inference_mode()`` execution: for the tracker's optimiser, and for
+    building the cached body model so its tensors are normal ones that autograd may save (inference tensors cannot
+    take part in a backward pass)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 # ---------------------------------------------------------------------------------------------- progress and cancel

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import (EHM_MODEL, EHM_TRACK, ROOT_CATEGORY, Progress, check_image, image_to_uint8, lib,
+from .common import (EHM_MODEL, EHM_TRACK, ROOT_CATEGORY, Progress, autograd, check_image, image_to_uint8, lib,
                      list_input_files, mask_to_float, output_stem, relative_to_output, safe_path, uint8_to_image)
 
 CATEGORY = f"{ROOT_CATEGORY}/track"
@@ -75,10 +75,11 @@ class EHMTracker:
         reference = mode == "reference image"
         count = 1 if reference else frames.shape[0]
         bar = Progress(count)
-        track = lib("track.tracker").track_frames(
-            iter(frames[:count]), body_model, reference=reference, fps=fps, smoothing=smoothing,
-            iterations=iterations or None, progress=lambda done, *_: bar.progress(done, count), cancel=bar.cancel,
-            meta={"source": "ComfyUI IMAGE", "mode": mode})
+        with autograd():  # ComfyUI runs nodes in inference mode; the fit is an optimisation
+            track = lib("track.tracker").track_frames(
+                iter(frames[:count]), body_model, reference=reference, fps=fps, smoothing=smoothing,
+                iterations=iterations or None, progress=lambda done, *_: bar.progress(done, count),
+                cancel=bar.cancel, meta={"source": "ComfyUI IMAGE", "mode": mode})
         overlay = []
         for frame in lib("track.overlay").overlay_frames(iter(frames[:count]), track, body_model):
             bar.cancel()

@@ -347,7 +347,8 @@ class _CoreStandIns:
 
 
 def run_headless(prompt: dict, core: _CoreStandIns) -> dict[str, tuple]:
-    """Execute an API prompt in dependency order (ComfyUI's semantics without its cache or lazy inputs)."""
+    """Execute an API prompt in dependency order, each node under ``torch.inference_mode()`` like ComfyUI does
+    (its semantics without the cache or lazy inputs)."""
     NODE_CLASS_MAPPINGS = pack_nodes().NODE_CLASS_MAPPINGS  # noqa: N806
     results: dict[str, tuple] = {}
     pending = dict(prompt)
@@ -362,7 +363,8 @@ def run_headless(prompt: dict, core: _CoreStandIns) -> dict[str, tuple]:
             if cls is None:
                 results[key] = core.run(node["class_type"], inputs)
                 continue
-            out = getattr(cls(), cls.FUNCTION)(**inputs)
+            with torch.inference_mode():  # as ComfyUI's executor runs every node
+                out = getattr(cls(), cls.FUNCTION)(**inputs)
             results[key] = out["result"] if isinstance(out, dict) else out
             assert len(results[key]) == len(cls.RETURN_TYPES), node["class_type"]
     return results
