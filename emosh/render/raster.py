@@ -89,11 +89,14 @@ class Fragments:
 
 
 def _grid_side(n: torch.Tensor) -> torch.Tensor:
-    """Smallest candidate-grid side that holds a bounding box of ``n`` pixels."""
-    sides = n.new_tensor(_GRID_SIDES)
-    pow2 = torch.exp2(torch.ceil(torch.log2(n.clamp(min=1).float()))).long()
-    listed = sides[torch.searchsorted(sides, n.clamp(max=_GRID_SIDES[-1]).contiguous())]
-    return torch.where(n <= _GRID_SIDES[-1], listed, pow2)
+    """Smallest candidate-grid side that holds a bounding box of ``n`` pixels (table lookup; powers of two beyond)."""
+    largest = _GRID_SIDES[-1]
+    table = torch.tensor([next(s for s in _GRID_SIDES if s >= k) for k in range(largest + 1)], device=n.device)
+    listed = table.index_select(0, n.clamp(0, largest))
+    big = n > largest
+    if bool(big.any()):
+        listed = torch.where(big, torch.exp2(torch.ceil(torch.log2(n.float()))).long(), listed)
+    return listed
 
 
 def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int],
@@ -148,17 +151,16 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, 
     # largest key is the nearest surface; 0 = background.
     index_bits = max(1, batch * num_faces).bit_length()
     zbuf = torch.zeros(batch * height * width, dtype=torch.int64, device=device)
-    grid_w, grid_h = _grid_side(box_w), _grid_side(box_h)
-    bucket_key = torch.where(keep, grid_w * 65536 + grid_h, -1)  # -1: culled, never rasterised
-    order = torch.argsort(bucket_key)
-    keys, counts = torch.unique_consecutive(bucket_key.index_select(0, order), return_counts=True)
+    kept = keep.nonzero(as_tuple=True)[0]  # culled triangles are never bucketed
+    bucket_key = _grid_side(box_w.index_select(0, kept)) * 65536 + _grid_side(box_h.index_select(0, kept))
+    sorted_keys, order = torch.sort(bucket_key)
+    order = kept.index_select(0, order)
+    keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
     last_pixel = zbuf.shape[0] - 1
     offset = 0
     for key, count in zip(keys.tolist(), counts.tolist()):
         members = order[offset:offset + count]
         offset += count
-        if key < 0:
-            continue
         gw, gh = key // 65536, key % 65536
         dy, dx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
         dx, dy = dx.reshape(-1), dy.reshape(-1)

@@ -66,7 +66,7 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals [B, V, 3] (right-handed winding, outward for the body models)."""
-    tri = vertices[:, faces]  # [B, F, 3, 3]
+    tri = vertices.index_select(1, faces.reshape(-1)).view(vertices.shape[0], -1, 3, 3)  # [B, F, 3, 3]
     face_n = torch.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0], dim=-1)
     normals = torch.zeros_like(vertices)
     for k in range(3):
