@@ -212,3 +212,37 @@ def test_conversions_follow_comfy_conventions():
         image_to_uint8(torch.rand(5, 7, 3))
     with pytest.raises(InputError):
         mask_to_float(torch.ones(3, 5, 7), 2, 5, 7)
+
+
+def test_long_nodes_report_progress_and_honour_cancel(anny, monkeypatch):
+    """With ComfyUI's progress/interrupt API present, the renderer updates the bar per batch and stops on cancel."""
+    import types
+
+    class Interrupted(Exception):
+        pass
+
+    calls = {"updates": [], "checks": 0}
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total = total
+
+        def update_absolute(self, value, total=None, preview=None):
+            calls["updates"].append((value, total or self.total))
+
+    def throw_exception_if_processing_interrupted():
+        calls["checks"] += 1
+        if calls["checks"] > 2:  # the user presses Cancel during the third batch
+            raise Interrupted()
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
+    comfy.model_management = types.SimpleNamespace(
+        throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted)
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
+    track = make_track(anny, frames=8, size=(48, 64))
+    with pytest.raises(Interrupted):
+        NODE_CLASS_MAPPINGS["EmoshMeshConditionRenderer"]().render(anny, track, 0, 0, "wan_animate", 2)
+    assert calls["updates"] == [(2, 8), (4, 8)], "progress per batch until the cancel"
