@@ -7,8 +7,11 @@ Reference mode fits one image with many more iterations and also optimises the b
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -179,14 +182,13 @@ class WindowedTracker:
             state = state.cat(s)
         dev = state.q.device
         det_dev = detected.to(dev)
-        state = FitState(*(_interpolate(x, det_dev) for x in (state.q, state.orient, state.cam, state.expr)))
+        # frames without detections: straight lines between their detected neighbours (held at the ends)
+        motion = {k: _interpolate(v, det_dev) for k, v in self.fitter.motion(state).items()}
         if self.filter_sigma > 0 and state.q.shape[0] > 2:
-            state = FitState(_gaussian_filter(state.q, self.filter_sigma),
-                             roma.rotmat_to_rotvec(roma.special_procrustes(
-                                 _gaussian_filter(roma.rotvec_to_rotmat(state.orient), self.filter_sigma))),
-                             _gaussian_filter(state.cam, self.filter_sigma),
-                             _gaussian_filter(state.expr, self.filter_sigma))
-        motion = self.fitter.motion(state)
+            rotations = roma.rotvec_to_rotmat(motion["global_orient"])  # smoothed as matrices: no axis-angle wrap
+            motion = {k: _gaussian_filter(v, self.filter_sigma) for k, v in motion.items()}
+            motion["global_orient"] = roma.rotmat_to_rotvec(roma.special_procrustes(
+                _gaussian_filter(rotations, self.filter_sigma)))
         t = state.q.shape[0]
         cam_R = self.fitter.cam_R.expand(t, 3, 3).contiguous()
         info = {"source": "emosh.track", "reference": str(self.reference), "focal_px": f"{self.focal:.2f}",
@@ -240,27 +242,70 @@ def track_frames(frames: Iterable[np.ndarray], body_model: BodyModel, *, referen
     ``reference``: a single photo (static detection, many iterations, shape optimised). ``focal`` in pixels
     (default: a 50° field of view). ``smoothing`` scales every temporal term. ``progress(frames_done)``;
     ``cancel()`` returning True (or raising) stops the work.
+    Decoding + detection run in a background thread while windows are fitted, so both CPU cores work.
     """
     from .detect import Detector
 
     tracker: WindowedTracker | None = None
     count = 0
+    if reference:
+        frames = itertools.islice(iter(frames), 1)
     with Detector(backend, model_dir=model_dir, static_image=reference) as detector:
-        for frame in frames:
+        for size, det in _detect_in_background(frames, detector):
             if cancel is not None and cancel():
                 raise TrackingCancelled("Tracking was cancelled")
             if tracker is None:
-                tracker = WindowedTracker(body_model, frame.shape[:2], fps=fps, focal=focal, reference=reference,
+                tracker = WindowedTracker(body_model, size, fps=fps, focal=focal, reference=reference,
                                           iterations=iterations, smoothing=smoothing, window=window)
-            tracker.push(detector(frame))
+            tracker.push(det)
             count += 1
             if progress is not None:
                 progress(count)
-            if reference:
-                break
     if tracker is None:
         raise InputError("The input has no frames")
     return tracker.finish(meta)
+
+
+_END = object()
+
+
+def _detect_in_background(frames: Iterable[np.ndarray], detector, queue_size: int = 2 * DEFAULT_WINDOW):
+    """Yield (image size, detection) per frame; decode + detect run in a worker thread (bounded queue)."""
+    results: queue.Queue = queue.Queue(maxsize=queue_size)
+    stop = threading.Event()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                put((frame.shape[:2], detector(frame)))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+        finally:
+            put(_END)
+
+    worker = threading.Thread(target=work, name="emosh-detect", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = results.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def track_file(path: str | os.PathLike, body_model: BodyModel, *, start: int = 0, max_frames: int | None = None,

@@ -1,0 +1,132 @@
+"""EHM Tracker: correspondence table, fitting on synthetic landmarks, gaps, no-person error, real media + CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emosh.body.track import NUM_LANDMARKS, EHMTrack
+from emosh.errors import NoPersonError
+
+
+def test_correspondence_table_is_valid(anny):
+    from emosh.track.correspondence import DATA_FILE, landmark_table, mesh_landmarks
+
+    with np.load(DATA_FILE, allow_pickle=False) as data:  # plain arrays only
+        assert data["bary"].shape == (NUM_LANDMARKS, 3)
+    table = landmark_table(anny)
+    table.validate(anny)
+    surface = ~table.is_joint
+    assert ((table.face_id[surface] >= 0) & (table.face_id[surface] < anny.faces.shape[0])).all()
+    assert (table.bary[surface] >= 0).all()
+    assert torch.allclose(table.bary[surface].sum(1), torch.ones(int(surface.sum())), atol=1e-5)
+    assert table.is_joint[11:17].all() and table.is_joint[23:29].all()  # shoulders..wrists, hips..ankles
+    assert surface[75:].all()  # the 478 face points lie on the mesh
+    assert table.residual_px < 3.0 and table.residual_mm < 4.0
+    points = mesh_landmarks(anny, anny.rest())[0]
+    # subject's left is +X for Anny (it faces -Y), nose in front of the eyes, ankles below the knees
+    assert points[11, 0] > 0 > points[12, 0] and points[33, 0] > 0 > points[54, 0]
+    assert points[0, 1] < points[2, 1]
+    assert points[27, 2] < points[25, 2] < points[23, 2]
+
+
+def test_landmark_skinning_matches_full_model(anny):
+    from emosh.track.correspondence import mesh_landmarks
+    from emosh.track.fit import LandmarkBody
+
+    gen = torch.Generator().manual_seed(3)
+    motion = anny.zero_motion(3)
+    motion["pose"] = torch.randn(3, len(anny.pose_labels), 3, generator=gen) * 0.3
+    motion["global_orient"] = torch.randn(3, 3, generator=gen)
+    motion["translation"] = torch.randn(3, 3, generator=gen)
+    motion["expression"] = torch.rand(3, len(anny.expression_labels), generator=gen) * 0.6
+    shape = torch.rand(len(anny.shape_labels), generator=gen)
+    body = LandmarkBody(anny)
+    with torch.no_grad():
+        fast = body.landmarks(body.rest(shape), **motion)
+        full = mesh_landmarks(anny, anny(shape, **motion))
+    assert (fast - full).abs().max() < 1e-4
+
+
+def _fit(anny, dets, truth, **kwargs) -> EHMTrack:
+    from emosh.track.tracker import WindowedTracker
+
+    tracker = WindowedTracker(anny, truth["image_size"], fps=25.0, focal=truth["focal"], **kwargs)
+    for d in dets:
+        tracker.push(d)
+    return tracker.finish()
+
+
+def test_fit_recovers_synthetic_motion(anny):
+    from emosh.bench.tracker import synthetic_metrics, synthetic_sequence
+
+    dets, truth = synthetic_sequence(anny, 16, seed=5)
+    track = _fit(anny, dets, truth, window=16)
+    metrics = synthetic_metrics(anny, track, truth)
+    assert metrics["kp2d_err_pct"] <= 1.0, metrics
+    assert metrics["pampjpe_body_mm"] <= 50.0, metrics
+    assert metrics["hand_err_mm"] <= 15.0, metrics
+    assert metrics["expr_mae"] <= 0.08, metrics
+    assert track.detected.all()
+
+
+def test_missing_detections_are_interpolated_and_flagged(anny):
+    from emosh.bench.tracker import synthetic_sequence
+    from emosh.track.tracker import Detection, _interpolate
+
+    dets, truth = synthetic_sequence(anny, 24, seed=7)
+    gap = range(9, 14)
+    for t in gap:
+        dets[t] = Detection(np.zeros((NUM_LANDMARKS, 2), np.float32), np.zeros(NUM_LANDMARKS, np.float32))
+    track = _fit(anny, dets, truth, window=12, filter_sigma=0.0, iterations=20, first_window_iterations=30)
+    expected = torch.ones(24, dtype=torch.bool)
+    expected[list(gap)] = False
+    assert torch.equal(track.detected, expected)
+    # the gap lies on the straight line between the frames around it (linear fill, no jump)
+    t0, t1 = gap.start - 1, gap.stop
+    for t in gap:
+        a = (t - t0) / (t1 - t0)
+        line = (1 - a) * track.translation[t0] + a * track.translation[t1]
+        assert (track.translation[t] - line).norm() < 1e-4
+    values = torch.tensor([[0.0], [9.0], [9.0], [3.0], [5.0]])
+    filled = _interpolate(values, torch.tensor([True, False, False, True, False]))
+    assert torch.allclose(filled[:, 0], torch.tensor([0.0, 1.0, 2.0, 3.0, 3.0]))
+
+
+def test_no_person_anywhere_raises(anny):
+    from emosh.track.tracker import Detection, WindowedTracker, track_frames
+
+    tracker = WindowedTracker(anny, (64, 64), fps=25.0)
+    for _ in range(3):
+        tracker.push(Detection(np.zeros((NUM_LANDMARKS, 2), np.float32), np.zeros(NUM_LANDMARKS, np.float32)))
+    with pytest.raises(NoPersonError, match="No person"):
+        tracker.finish()
+    grey = [np.full((96, 128, 3), 128, np.uint8) for _ in range(3)]
+    with pytest.raises(NoPersonError):
+        track_frames(grey, anny, fps=25.0)
+
+
+def test_cli_tracks_the_astronaut_photo(anny, astronaut_path, tmp_path, capsys):
+    from emosh.cli import main
+
+    out, overlay = tmp_path / "astronaut.safetensors", tmp_path / "astronaut.png"
+    assert main(["track", str(astronaut_path), "--out", str(out), "--overlay", str(overlay)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 1 and summary["detected_ratio"] == 1.0
+    assert summary["reproj_err_pct"] < 2.0, summary
+    track = EHMTrack.load(out)
+    assert track.meta["reference"] == "True" and track.detected.all()
+    assert ((track.shape >= 0) & (track.shape <= 1)).all()
+    assert overlay.stat().st_size > 10_000
+
+
+def test_carphone_frames_track_with_bounded_error(anny, carphone_path):
+    from emosh.track.tracker import reprojection_error_pct, track_file
+
+    track = track_file(carphone_path, anny, max_frames=10)
+    assert track.num_frames == 10
+    assert float(track.detected.float().mean()) >= 0.9
+    assert (track.confidence[:, 75:] > 0).float().mean() > 0.8  # the face is seen
+    assert reprojection_error_pct(track, anny) < 3.0
