@@ -100,11 +100,10 @@ def load_clip(video: Path, control: Path, frames: int, size: tuple[int, int], rn
     return Sample(window(video), window(control))
 
 
-def flow_matching_loss(transformer: torch.nn.Module, adapter: MotionAdapter, video_latents: torch.Tensor,
-                       reference_latent: torch.Tensor, motion_latents: torch.Tensor, text: torch.Tensor,
-                       temporal_frames: int, generator: torch.Generator) -> torch.Tensor:
+def flow_matching_loss(pipeline, video_latents: torch.Tensor, reference_latent: torch.Tensor,
+                       motion_latents: torch.Tensor, text: torch.Tensor, temporal_frames: int,
+                       generator: torch.Generator) -> torch.Tensor:
     """Wan flow-matching loss on the noisy frames, with the EMOSH conditioning sequence and motion tokens."""
-    latent_channels = video_latents.shape[1]
     parts = [reference_latent]
     if temporal_frames:
         parts.append(video_latents[:, :, :temporal_frames])
@@ -114,15 +113,8 @@ def flow_matching_loss(transformer: torch.nn.Module, adapter: MotionAdapter, vid
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = torch.rand(x0.shape[0], generator=generator).to(x0)
     xt = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * noise
-    model_in = xt
-    extra = transformer.config.in_channels - latent_channels
-    if extra:
-        model_in = torch.cat([xt, xt.new_zeros(xt.shape[0], extra, *xt.shape[2:])], dim=1)
-
-    def forward(inp: torch.Tensor) -> torch.Tensor:
-        return transformer(inp, timestep=t * 1000.0, encoder_hidden_states=text, return_dict=False)[0]
-
-    pred = run_model_on_chunk(forward, model_in, latent_channels, transformer.patch_embedding, cond, adapter,
+    pred = run_model_on_chunk(lambda inp: pipeline.predict(inp, t * 1000.0, text), pipeline.model_input(xt),
+                              pipeline.latent_channels, pipeline.transformer.patch_embedding, cond, pipeline.adapter,
                               motion, 1.0)
     return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
 
@@ -148,6 +140,7 @@ def train(pipeline, samples: Iterator[Sample], steps: int, lr: float = 1e-4, lor
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr)
     adapter, optimizer = accelerator.prepare(adapter, optimizer)
+    pipeline.adapter = accelerator.unwrap_model(adapter)  # the hook calls the adapter module itself
     generator = torch.Generator("cpu").manual_seed(seed)
     if text is None:
         text = torch.zeros(1, 8, transformer.config.text_dim)
@@ -164,8 +157,8 @@ def train(pipeline, samples: Iterator[Sample], steps: int, lr: float = 1e-4, lor
         use_temporal = temporal_frames if torch.rand(1, generator=generator).item() < 0.5 else 0
         use_temporal = min(use_temporal, video_latents.shape[2] - 1)
         with accelerator.autocast():
-            loss = flow_matching_loss(transformer, accelerator.unwrap_model(adapter), video_latents,
-                                      reference_latent, motion_latents, text, use_temporal, generator)
+            loss = flow_matching_loss(pipeline, video_latents, reference_latent, motion_latents, text, use_temporal,
+                                      generator)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
@@ -173,7 +166,6 @@ def train(pipeline, samples: Iterator[Sample], steps: int, lr: float = 1e-4, lor
         if log_every and step % log_every == 0:
             accelerator.print(json.dumps({"step": step, "loss": losses[-1]}))
     transformer.eval()
-    pipeline.adapter = accelerator.unwrap_model(adapter)
     return losses, lora
 
 

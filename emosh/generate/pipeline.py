@@ -91,6 +91,9 @@ def load_transformer(path: str | os.PathLike, config: dict | None = None,
     sd = load_file(str(path))
     cfg = dict(config or _single_file_config(path) or {})
     if "patch_embedding.weight" in sd and "head.head.weight" in sd:
+        if not cfg and any(k.startswith(("face_adapter.", "vace_")) for k in sd):
+            raise InputError(f"{path} is a Wan-Animate/VACE checkpoint in the original layout: its settings cannot "
+                             f"be read off the weights; pass config= or use a diffusers folder.")
         cfg = {**_infer_native_wan_config(sd), **cfg}
         sd = convert_wan_transformer_to_diffusers(sd)
     elif not cfg:
@@ -181,15 +184,16 @@ class EmoshPipeline:
         pixels = self.vae.decode((latents * std + mean).to(self.vae.dtype), return_dict=False)[0]
         return ((pixels[0].permute(1, 2, 3, 0).float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def _model_input(self, latents: torch.Tensor) -> torch.Tensor:
+    def model_input(self, latents: torch.Tensor) -> torch.Tensor:
         """Noisy latents plus empty condition channels when the transformer expects them (i2v / Animate)."""
         if self.transformer.config.in_channels == self.latent_channels:
             return latents
         extra = self.transformer.config.in_channels - self.latent_channels
         return torch.cat([latents, latents.new_zeros(latents.shape[0], extra, *latents.shape[2:])], dim=1)
 
-    def _predict(self, model_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                 image_embeds: torch.Tensor | None) -> torch.Tensor:
+    def predict(self, model_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+                image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """One transformer call on a full model input (conditioning frames included); ``t`` is ``[B]`` in 0..1000."""
         kwargs = {"encoder_hidden_states_image": image_embeds} if image_embeds is not None else {}
         if not self.is_animate:
             return self.transformer(model_in, timestep=t, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
@@ -270,9 +274,9 @@ class EmoshPipeline:
                 latents = self.scheduler.scale_noise(init_chunk, timesteps[:1], latents)
             chunk_motion = motion_latents[:, :, chunk.start:chunk.stop]
             for i, t in enumerate(timesteps):
-                model_in = self._model_input(torch.cat([latents, latents]) if use_cfg else latents)
+                model_in = self.model_input(torch.cat([latents, latents]) if use_cfg else latents)
                 pred = run_model_on_chunk(
-                    lambda x: self._predict(x, t.expand(x.shape[0]), text, image_embeds), model_in,
+                    lambda x: self.predict(x, t.expand(x.shape[0]), text, image_embeds), model_in,
                     self.latent_channels, self.transformer.patch_embedding, cond, self.adapter, chunk_motion,
                     schedule.factor((first_step + i) / num_inference_steps))
                 if use_cfg:
