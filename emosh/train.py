@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline_with_new_adapter(model: str, vae: str | None, device: str):
+    """A pipeline with a zero-initialised adapter (Wan-Animate: its own pose_patch_embedding is trained)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from .generate.pipeline import EmoshPipeline, load_transformer, load_vae
@@ -252,7 +253,8 @@ def _pipeline_with_new_adapter(model: str, vae: str | None, device: str):
     transformer = load_transformer(model).to(device)
     vae_model = load_vae(vae or model).to(device)
     embed = transformer.patch_embedding
-    adapter = MotionAdapter(embed.out_channels, tuple(embed.kernel_size), vae_model.config.z_dim).to(device)
+    adapter = None if hasattr(transformer, "pose_patch_embedding") else MotionAdapter(
+        embed.out_channels, tuple(embed.kernel_size), vae_model.config.z_dim).to(device)
     return EmoshPipeline(transformer, vae_model, FlowMatchEulerDiscreteScheduler(), adapter)
 
 if __name__ == "__main__":
