@@ -257,5 +257,6 @@ def _pipeline_with_new_adapter(model: str, vae: str | None, device: str):
         embed.out_channels, tuple(embed.kernel_size), vae_model.config.z_dim).to(device)
     return EmoshPipeline(transformer, vae_model, FlowMatchEulerDiscreteScheduler(), adapter)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())
