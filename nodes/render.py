@@ -80,10 +80,12 @@ class SpatialAlign:
             "reference_image": ("IMAGE", {"tooltip": "The reference photo (first image is used)."}),
             "reference_track": (EHM_TRACK, {"tooltip": "The reference photo's track (EHM Tracker, reference mode)."}),
             "track": (EHM_TRACK, {"tooltip": "The motion to place (usually Shape Swap / Retarget's output)."}),
-            "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 16,
-                              "tooltip": "Output width in pixels (multiples of 16 suit video models and codecs)."}),
-            "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 16,
-                               "tooltip": "Output height in pixels."}),
+            "width": ("INT", {"default": 480, "min": 64, "max": 4096, "step": 16,
+                              "tooltip": "Output width in pixels (multiples of 16 suit video models and codecs; "
+                                         "Wan: 480×832 portrait, 832×480 landscape)."}),
+            "height": ("INT", {"default": 832, "min": 64, "max": 4096, "step": 16,
+                               "tooltip": "Output height in pixels. The reference is resized to cover width × height "
+                                          "and centre-cropped, so match its aspect to keep the whole person."}),
             "anchor_frame": ("INT", {"default": 0, "min": 0, "max": 1000000,
                                      "tooltip": "Frame of the motion that is placed exactly on the reference pose "
                                                 "(usually the first)."}),
