@@ -229,3 +229,14 @@ def test_implausible_hands_are_down_weighted(holistic_astronaut):
     _check_hands(det)
     assert np.allclose(det.confidence[LEFT_HAND], 0.2)
     assert not det.part_found("right_hand") and (det.landmarks[RIGHT_HAND] == 0).all()
+
+
+def test_clothing_is_not_a_second_person(shared_real):
+    """The face detector fires on the jeans buttons in this frame; that must not count as a second person."""
+    frame = read_frames(shared_real / "fullbody_dance.mp4", start=125, max_frames=1, long_side=512)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Detector("holistic", static_image=True) as detector:
+            det = detector(frame)
+    assert det.num_people == 1 and det.part_found("body") and det.part_found("face")
+    assert not any(issubclass(w.category, MultiplePeopleWarning) for w in caught)

@@ -222,6 +222,18 @@ def _nearest(centres: list[np.ndarray], point: np.ndarray, size: float = 0.0) ->
     return best if np.hypot(*(best[:2] - point[:2])) < 1.5 * max(best[2], size) else None
 
 
+def _below_shoulders(face: np.ndarray, det: FrameDetection) -> bool:
+    """Whether a face box's centre lies on ``det``'s person below the shoulders (within the shoulder/hip x range):
+    no other person's face is there, but the face detector sometimes fires on clothing (jeans buttons, seen on
+    fullbody_dance.mp4)."""
+    torso = [11, 12, 23, 24]
+    if det.confidence[torso].min() < 0.5:
+        return False
+    cx, cy = (face[0] + face[2]) / 2, (face[1] + face[3]) / 2
+    xs = det.landmarks[torso, 0]
+    return bool(xs.min() <= cx <= xs.max() and cy > det.landmarks[[11, 12], 1].max())
+
+
 class _HolisticBackend:
     """mediapipe solutions.holistic, following the largest person when several faces are seen."""
 
@@ -239,7 +251,7 @@ class _HolisticBackend:
         self._counter = _PeopleCounter()
         self._target: np.ndarray | None = None  # tracked person: (face centre x, y, face width) px
         self._lost = 0
-        self._last_nose: np.ndarray | None = None  # where holistic's person was in the previous frame
+        self._last: FrameDetection | None = None  # holistic's person in the previous frame (tracking mode)
         self._frame = 0
         self._people = 0  # people seen at the last count
         self.warning: str | None = None  # set on the first frame with several people
@@ -250,30 +262,40 @@ class _HolisticBackend:
 
     def detect(self, image: np.ndarray) -> FrameDetection:
         h, w = image.shape[:2]
+        full_box = (0.0, 0.0, float(w), float(h))
         if self._static:
             self._target = None
         faces: list[np.ndarray] = []
-        if self._static or self._target is not None or self._frame % self._COUNT_EVERY == 0:
+        whole: FrameDetection | None = None  # holistic on the whole frame, when already run
+        counted = self._static or self._target is not None or self._frame % self._COUNT_EVERY == 0
+        if counted:
             faces = self._counter(image)
-            self._people = len(faces)
+            reference = self._last
+            if self._static and len(faces) >= 2:  # no previous frame: see who holistic finds on its own first
+                whole = reference = self._run(image, full_box)
+            if reference is not None:  # a "face" on the tracked person's torso or legs is a false detection
+                faces = [f for f in faces if not _below_shoulders(f, reference)]
         self._frame += 1
         crop = self._crop_box(faces, w, h)
         if crop is None:
-            result = self._holistic.process(image)
-            box = (0.0, 0.0, float(w), float(h))
+            det = whole if whole is not None else self._run(image, full_box)
         else:
             x0, y0, x1, y1 = crop
             sub = np.ascontiguousarray(image[y0:y1, x0:x1])
             self._blank_others(sub, faces, crop)
-            result = self._holistic.process(sub)
-            box = (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
-        det = _check_hands(self._convert(result, box))
+            det = self._run(sub, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)))
+        if counted:
+            self._people = sum(not _below_shoulders(f, det) for f in faces)
         det.num_people = max(self._people, int(det.found))
         body = det.part_found("body")
-        self._last_nose = det.landmarks[_NOSE].copy() if body and not self._static else None
+        self._last = det if body and not self._static else None
         if crop is not None and body:
             self._target = np.array([*det.landmarks[_NOSE], self._target[2]], np.float32)
         return det
+
+    def _run(self, image: np.ndarray, box: tuple[float, float, float, float]) -> FrameDetection:
+        """Holistic on ``image``, which shows ``box`` = (x0, y0, w, h) of the detection image."""
+        return _check_hands(self._convert(self._holistic.process(image), box))
 
     def _crop_box(self, faces: list[np.ndarray], w: int, h: int) -> tuple[int, int, int, int] | None:
         """Region holistic should see: None (whole frame) while only one person has ever been seen.
@@ -285,7 +307,7 @@ class _HolisticBackend:
         if self._target is None:
             if len(faces) < 2:
                 return None
-            tracked = _nearest(centres, self._last_nose) if self._last_nose is not None else None
+            tracked = _nearest(centres, self._last.landmarks[_NOSE]) if self._last is not None else None
             self._target = tracked if tracked is not None else max(centres, key=lambda c: c[2])
             which = "the person already being tracked" if tracked is not None else "the largest"
             self.warning = (f"{len(faces)} people are visible; tracking only {which} (face about "
