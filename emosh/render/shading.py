@@ -4,7 +4,7 @@ normals, depth, mask and part colours.
 Semantic colour: every vertex gets a fixed colour from its position on the canonical (average-shape, rest-pose)
 body, so the same surface point has the same colour in every pose and for every body shape; the generator reads
 body orientation and part identity from it. The gradient follows the paper figure: green head and shoulders, cyan
-and blue torso, blue-violet hips and legs, the subject's left arm shading toward yellow.
+and blue torso, blue-violet hips, magenta feet; the subject's left arm turns orange toward the hand, the right green.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .raster import Fragments, interpolate_covered
 
 # Hue (degrees) by normalised height: magenta feet, violet hips, blue chest, green shoulders and head.
 _HUE_BY_HEIGHT = ((0.0, 300.0), (0.5, 250.0), (0.7, 205.0), (0.85, 150.0), (1.0, 135.0))
+_LEFT_HAND_HUE, _RIGHT_HAND_HUE = 40.0, 105.0
 _semantic_cache: dict[tuple[str, str], torch.Tensor] = {}
 
 # Light in camera coordinates (x right, y down, z forward): from the camera, slightly above and to the left.
@@ -35,8 +36,11 @@ def semantic_colors(model: BodyModel) -> torch.Tensor:
         u = (height - height.min()) / (height.max() - height.min())  # 0 feet .. 1 top of head
         # World x is the subject's left for both backends (Anny faces -Y with Z up, SMPL-X faces +Z with Y up).
         x = rest[:, 0] / rest[:, 0].abs().max()  # -1 .. 1
-        base = _interp(u, _HUE_BY_HEIGHT)
-        hue_deg = base - 140.0 * x.clamp(min=0) ** 1.2 - 75.0 * (-x).clamp(min=0) ** 1.2
+        # Along the arms the hue turns toward a side colour: orange for the subject's left hand, green for the right.
+        t = ((x.abs() - 0.2) / 0.7).clamp(0.0, 1.0)
+        arm = t * t * (3.0 - 2.0 * t)
+        side = torch.where(x > 0, torch.full_like(x, _LEFT_HAND_HUE), torch.full_like(x, _RIGHT_HAND_HUE))
+        hue_deg = torch.lerp(_interp(u, _HUE_BY_HEIGHT), side, arm)
         hue = (hue_deg % 360.0) / 360.0
         _semantic_cache[key] = hsv_to_rgb(hue, torch.full_like(hue, 0.62), torch.full_like(hue, 0.95))
     return _semantic_cache[key]
