@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emosh.errors import MissingModelError
+from emosh.errors import InputError, MissingModelError
 from emosh.track.detect import (BODY, FACE, LEFT_HAND, RIGHT_HAND, TASK_FILES, Detector, FrameDetection,
                                 MultiplePeopleWarning, _check_hands, detect_frames, stack_detections)
 from emosh.video import read_frames, read_image
@@ -153,6 +153,8 @@ def test_odd_inputs(astronaut, holistic_astronaut):
         assert det_tiny.landmarks.shape == (553, 2)
         assert det_tiny.part_found("face"), "enlarged internally, a 64 px photo still shows a face"
         assert np.abs(_face_box(det_tiny) * 8 - ref).max() < 0.05 * 512, "points are in the 64 px frame's pixels"
+        with pytest.raises(InputError, match="empty image"):
+            detector(np.zeros((0, 10, 3), np.uint8))
         det_big = detector(big)
         assert det_big.part_found("face")
         assert np.abs(_face_box(det_big) / 7.5 - ref).max() < 0.03 * 512, "4K points map back to 4K pixels"

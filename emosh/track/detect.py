@@ -556,6 +556,8 @@ class Detector:
             raise InputError("This Detector was closed; create a new one")
         frame = to_rgb(frame_rgb_uint8)
         h, w = frame.shape[:2]
+        if h == 0 or w == 0:
+            raise InputError(f"Cannot detect landmarks in an empty image (shape {frame.shape})")
         work = resize_long_side(frame, self.detect_long_side)
         det = self._impl.detect(np.ascontiguousarray(work))
         if self._impl.warning is not None and not self._warned:
