@@ -183,11 +183,14 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, 
     covered = zbuf.nonzero(as_tuple=True)[0]
     tri_idx = zbuf.index_select(0, covered) & ((1 << index_bits) - 1)
     rem = covered - base.index_select(0, tri_idx)
-    dyf, dxf = torch.div(rem, width, rounding_mode="floor").float(), (rem % width).float()
-    grid = torch.stack([torch.ones_like(dxf), dxf, dyf], dim=1)  # [P, 3]
-    screen = (forms.index_select(0, tri_idx)[:, :2] @ grid[:, :, None])[..., 0]  # [P, 2]: l0, l1
-    screen = torch.cat([screen, 1.0 - screen.sum(dim=1, keepdim=True)], dim=1).clamp(min=0.0)
-    persp = screen * iz.index_select(0, tri_idx)  # perspective correction: weights / z, renormalised
+    dy = torch.div(rem, width, rounding_mode="floor")
+    dx = (rem - dy * width).float()[:, None]
+    f = forms.index_select(0, tri_idx)[:, :2]  # [P, (l0, l1), (origin, d/dx, d/dy)]
+    l01 = f[..., 0] + f[..., 1] * dx + f[..., 2] * dy.float()[:, None]  # [P, 2]
+    persp = torch.empty(l01.shape[0], 3, device=device)
+    persp[:, :2] = l01
+    persp[:, 2] = 1.0 - l01.sum(dim=1)
+    persp = persp.clamp_(min=0.0).mul_(iz.index_select(0, tri_idx))  # perspective correction: weights / z
     inv_depth = persp.sum(dim=1, keepdim=True)
     face = tri_idx - frame.index_select(0, tri_idx) * num_faces
     return Fragments(size=(batch, height, width), covered=covered, covered_face=face,
