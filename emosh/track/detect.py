@@ -235,11 +235,11 @@ def _below_shoulders(face: np.ndarray, det: FrameDetection) -> bool:
 
 
 class _HolisticBackend:
-    """mediapipe solutions.holistic, following the largest person when several faces are seen."""
+    """mediapipe solutions.holistic; once several faces are seen, it runs on a crop that follows one person."""
 
     # A person's box from their face box, in face widths: arms spread ~4.5 either side, feet ~10 below the eyes.
     _CROP_SIDE, _CROP_UP, _CROP_DOWN = 4.5, 1.5, 11.0
-    _LOST_FRAMES = 30  # frames without the tracked face nearby before the largest person is chosen afresh
+    _LOST_FRAMES = 30  # frames with neither the tracked face nor a body in the crop before re-picking the largest
     _COUNT_EVERY = 5  # while one person is in view, look for others every 5th frame (face detection costs ~10 ms)
 
     def __init__(self, static_image: bool):
@@ -289,8 +289,9 @@ class _HolisticBackend:
         det.num_people = max(self._people, int(det.found))
         body = det.part_found("body")
         self._last = det if body and not self._static else None
-        if crop is not None and body:
+        if crop is not None and body:  # still following our person, even with the face turned away
             self._target = np.array([*det.landmarks[_NOSE], self._target[2]], np.float32)
+            self._lost = 0
         return det
 
     def _run(self, image: np.ndarray, box: tuple[float, float, float, float]) -> FrameDetection:
