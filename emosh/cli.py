@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = [  # one module per stage; each adds its sub-commands
     "emosh.render.cli",
     "emosh.track.cli",
+    "emosh.commands",
 ]
 
 
