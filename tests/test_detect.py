@@ -242,3 +242,33 @@ def test_clothing_is_not_a_second_person(shared_real):
             det = detector(frame)
     assert det.num_people == 1 and det.part_found("body") and det.part_found("face")
     assert not any(issubclass(w.category, MultiplePeopleWarning) for w in caught)
+
+
+def test_tasks_face_blendshapes_map_to_anny_order(holistic_astronaut):
+    """FaceLandmarker output (no official face_landmarker.task offline, so its result is mimicked from the holistic
+    face mesh): the face nearest the body's nose is kept and the 52 scores are reordered by name into Anny's order."""
+    from types import SimpleNamespace
+
+    from anny.models.facial_actions import FACIAL_ACTION_LABELS
+
+    from emosh.track.detect import _TasksBackend
+
+    backend = object.__new__(_TasksBackend)  # only the name table is needed, not the tasks graphs
+    backend._blend_index = {name: i for i, name in enumerate(FACIAL_ACTION_LABELS)}
+    size = 512.0
+    mesh = holistic_astronaut.landmarks[FACE] / size
+    stranger = mesh * 0.3 + 0.65  # a small face far from this body's nose
+    as_landmarks = lambda pts: [SimpleNamespace(x=float(x), y=float(y)) for x, y in pts]  # noqa: E731
+    names = ["_neutral"] + [n for n in FACIAL_ACTION_LABELS if n != "tongueOut"]
+    scores = {n: (i % 10) / 10 for i, n in enumerate(names)}
+    categories = [SimpleNamespace(category_name=n, score=scores[n]) for n in reversed(names)]
+    result = SimpleNamespace(face_landmarks=[as_landmarks(stranger), as_landmarks(mesh)],
+                             face_blendshapes=[[], categories])
+    det = FrameDetection(holistic_astronaut.landmarks.copy(), holistic_astronaut.confidence.copy(), num_people=1)
+    det.confidence[FACE], det.landmarks[FACE] = 0.0, 0.0
+    backend._assign_face(det, result, (0.0, 0.0, size, size), np.array([100.0, 0.0, 400.0, 512.0]))
+    assert np.allclose(det.landmarks[FACE], holistic_astronaut.landmarks[FACE], atol=1e-3)
+    assert (det.confidence[FACE] == 1.0).all()
+    assert det.blendshapes is not None and det.blendshapes.shape == (52,)
+    for i, name in enumerate(FACIAL_ACTION_LABELS):
+        assert det.blendshapes[i] == pytest.approx(scores.get(name, 0.0)), name
