@@ -5,12 +5,15 @@ per batch, on the CPU, uint8 frames as written to video (target ≤ 40); ms_per_
 float 0..1 frames (ComfyUI IMAGE). shape_leakage: synthetic driver/reference pairs with very different bodies;
 iou_retarget compares the retargeted silhouette with the reference body posed in the same motion (target ≥ 0.97),
 iou_driver_baseline compares the driver's own silhouette with it (the leakage a 2D-pose method would carry).
+Wall times depend on what else runs on the machine: the load average is reported, and cpu_ms_per_frame_* gives the
+CPU time this process spent per frame (all threads), which other jobs barely change.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import time
 
 import torch
 
@@ -85,18 +88,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--frames", type=int, default=16, help="frames per leakage clip")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     from ..render.renderer import render_track
     from ..retarget import retarget
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_body_model("anny", args.device)
     result: dict = {"device": args.device, "threads": torch.get_num_threads(), "width": 512, "height": 768,
                     "batch_size": 16, "load_avg_1min_before": round(os.getloadavg()[0], 2)}
     track = dance_track(model, torch.tensor(SHAPES["adult"]), 16)
     for name, as_uint8 in (("ms_per_frame_hybrid", True), ("ms_per_frame_hybrid_float", False)):
+        cpu_start = time.process_time()
         batch_ms = median_ms(lambda: list(render_track(model, track, ("hybrid",), batch_size=16, as_uint8=as_uint8)),
                              runs=args.runs, warmup=1)
         result[name] = round(batch_ms / 16, 2)
+        # CPU time of this process (all its threads) per frame: insensitive to other jobs sharing the cores.
+        result["cpu_" + name] = round((time.process_time() - cpu_start) * 1000.0 / (16 * (args.runs + 1)), 2)
     result["target_ms_per_frame_hybrid"] = 40
     leakage = {}
     for driver_name, reference_name in PAIRS:
