@@ -109,7 +109,8 @@ class _FrameRenderer:
                 if "normal" in modes:
                     out["normal"] = shading.normal_map(fragments, self.faces, cam_normals)
             if "depth" in modes:
-                out["depth"] = shading.depth_map(fragments)
+                pelvis = to_camera(output.joints[:, :1].to(self.device), track.cam_R, track.cam_t)[:, 0, 2]
+                out["depth"] = shading.depth_map(fragments, pelvis)
             if "mask" in modes:
                 out["mask"] = fragments.mask.float()
             if "parts" in modes:

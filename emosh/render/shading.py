@@ -110,16 +110,15 @@ def normal_map(fragments: Fragments, faces: torch.Tensor, cam_normals: torch.Ten
     return fragments.scatter(normals * normals.new_tensor([0.5, -0.5, -0.5]) + 0.5, 0.0)
 
 
-def depth_map(fragments: Fragments) -> torch.Tensor:
-    """Inverse depth normalised per frame over the body (near = 1, far = 0.1; background 0), MiDaS-like."""
-    batch, height, width = fragments.size
-    inv = 1.0 / fragments.covered_depth
+def depth_map(fragments: Fragments, centre_depth: torch.Tensor, span: float = 1.0) -> torch.Tensor:
+    """Relative depth as brightness (near = bright, background 0): 0.55 at the body centre's depth
+    ``centre_depth`` [B], ±``span``/2 metres around it spread over 0.05..1. Anchoring on the body instead of each
+    frame's min/max keeps the brightness steady over a video (no flicker when a hand comes forward)."""
+    _, height, width = fragments.size
     frame = torch.div(fragments.covered, height * width, rounding_mode="floor")
-    hi = inv.new_full((batch,), -float("inf")).scatter_reduce(0, frame, inv, reduce="amax")
-    lo = inv.new_full((batch,), float("inf")).scatter_reduce(0, frame, inv, reduce="amin")
-    hi, lo = hi.index_select(0, frame), lo.index_select(0, frame)
-    scaled = 0.1 + 0.9 * (inv - lo) / (hi - lo).clamp(min=1e-12)
-    return fragments.scatter(scaled[:, None].expand(-1, 3), 0.0)
+    centre = centre_depth.index_select(0, frame)
+    value = (0.55 + (centre - fragments.covered_depth) / span).clamp(0.05, 1.0)
+    return fragments.scatter(value[:, None].expand(-1, 3), 0.0)
 
 
 def part_palette(num_parts: int, device: torch.device) -> torch.Tensor:
