@@ -207,3 +207,37 @@ def test_diffusers_host_loads_native_single_file(comfy):
         expected = native(x, t, context)
         got = converted(x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_wan_animate_model_uses_its_pose_patch_embedding(comfy):
+    """A native Wan-Animate MODEL needs no adapter file: its own pose_patch_embedding takes the motion latents."""
+    nodes, gen, root = comfy["nodes"], comfy["gen"], comfy["root"]
+    _, vae, positive, negative = _load(comfy)
+    import comfy.ldm.wan.model_animate
+    import comfy.ops
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    animate = comfy.ldm.wan.model_animate.AnimateWanModel(dim=DIM, ffn_dim=256, num_heads=1, num_layers=5, in_dim=36,
+                                                          text_dim=4096, freq_dim=256, operations=comfy.ops.manual_cast)
+    with torch.no_grad():
+        for name, p in animate.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.05)
+    save_file({k: v.contiguous() for k, v in animate.state_dict().items()},
+              str(root / "diffusion_models" / "tiny_wan_animate.safetensors"))
+    model = nodes.UNETLoader().load_unet("tiny_wan_animate.safetensors", "default")[0]
+    assert type(model.model).__name__ == "WAN22_Animate"
+    control = _control_video()
+    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, gen.USE_ANIMATE_EMBEDDING)[0]
+    args = dict(seed=3, steps=2, cfg=3.0, sampler_name="euler", scheduler="simple", positive=positive,
+                negative=negative, latent_image=_empty_latent(), denoise=1.0)
+    base = nodes.KSampler().sample(model, **args)[0]["samples"]
+    injected = nodes.KSampler().sample(patched, **args)[0]["samples"]
+    assert torch.isfinite(injected).all() and (injected - base).abs().max() > 1e-3
+    latent, images = gen.EmoshSampler().sample(patched, positive, negative, vae, control[:1], control, seed=1, steps=2,
+                                               cfg=3.0, sampler_name="euler", scheduler="simple", chunk_frames=13,
+                                               overlap_frames=4, temporal_latents=1, denoise=1.0)
+    assert torch.isfinite(latent["samples"]).all() and images.shape == (FRAMES, HEIGHT, WIDTH, 3)
