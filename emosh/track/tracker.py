@@ -30,7 +30,7 @@ CONTEXT = 4  # frames of the previous window that the smoothness term sees
 VIDEO_ITERATIONS = 40
 FIRST_WINDOW_ITERATIONS = 100
 REFERENCE_ITERATIONS = 300
-FILTER_SECONDS = 0.04  # σ of the offline parameter smoothing (1.2 frames at 30 fps)
+FILTER_SECONDS = 0.06  # σ of the offline parameter smoothing (1.8 frames at 30 fps)
 
 
 class TrackingCancelled(EmoshError):
@@ -343,8 +343,8 @@ def fitted_landmarks2d(track: EHMTrack, model: BodyModel, chunk: int = 64) -> to
 
 
 def reprojection_error_pct(track: EHMTrack, model: BodyModel, fitted: torch.Tensor | None = None) -> float:
-    """Median distance between fitted-mesh and detected landmarks over confidently seen points, in % of the
-    person's box height (per frame)."""
+    """Median distance between fitted-mesh and detected landmarks over confidently seen points inside the image
+    (MediaPipe also guesses off-screen body points; the fit ignores those), in % of the person's box height."""
     if track.landmarks2d is None:
         raise InputError("The track has no detected landmarks to compare with")
     fitted = fitted_landmarks2d(track, model) if fitted is None else fitted
@@ -353,7 +353,9 @@ def reprojection_error_pct(track: EHMTrack, model: BodyModel, fitted: torch.Tens
     errs = []
     for k in range(track.num_frames):
         box = person_box_height(det[k].cpu().numpy(), conf[k].cpu().numpy(), track.image_size)
-        ok = conf[k] >= CONF_GATE
+        h, w = track.image_size
+        ok = (conf[k] >= CONF_GATE) & (det[k, :, 0] >= 0) & (det[k, :, 0] < w) & (det[k, :, 1] >= 0) \
+            & (det[k, :, 1] < h)
         if box <= 0 or not ok.any():
             continue
         errs.append((fitted[k, ok] - det[k, ok]).norm(dim=-1) / box * 100.0)
