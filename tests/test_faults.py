@@ -617,7 +617,7 @@ class TestRendererStreaming:
         b = render_all(anny, track, ("hybrid", "keypoints", "depth"))
         for mode in a:
             assert torch.equal(a[mode], b[mode]), mode
-        assert a["hybrid"].float().std() > 10, "not an empty frame"
+        assert _to_uint8(a["hybrid"]).std() > 10, "not an empty frame"
 
     def test_parallel_renders_match_sequential_and_keep_model_intact(self, anny):
         from emosh.render.renderer import render_all
@@ -707,13 +707,14 @@ class TestTracker:
         track = gap_tracks[0]
         assert track.detected.tolist() == [False, True, True, True, False, False, True, True]
         assert not track.confidence[[0, 4, 5]].any()
-        # gap frames are filled between their neighbours; the leading gap copies the first detection
+        # gap frames are filled from their neighbours (not reset to a rest pose): within the neighbours' range up to
+        # the light temporal smoothing (0.02 rad / m / action units); the leading gap follows the first detection
         for field in ("global_orient", "translation", "expression"):
             values = getattr(track, field)
-            lo, hi = torch.minimum(values[3], values[6]), torch.maximum(values[3], values[6])
+            lo, hi = torch.minimum(values[3], values[6]) - 0.02, torch.maximum(values[3], values[6]) + 0.02
             for t in (4, 5):
-                assert ((values[t] >= lo - 1e-5) & (values[t] <= hi + 1e-5)).all(), (field, t)
-            assert torch.allclose(values[0], values[1]), field
+                assert ((values[t] >= lo) & (values[t] <= hi)).all(), (field, t, values[3:7])
+            assert torch.allclose(values[0], values[1], atol=0.02), field
 
     def test_same_detections_give_identical_tracks(self, gap_tracks):
         first, second = gap_tracks
@@ -883,3 +884,35 @@ class TestRetargetAlign:
         result = spatial_align(anny, photo, reference, standing_track(anny, 3), width=50, height=70)
         assert result.track.image_size == (70, 50) and result.reference_image.shape == (70, 50, 3)
         assert result.reference_mask.shape == (70, 50) and result.reference_mask.mean() > 0.02
+
+
+# ====================================================================== the main job: Ctrl-C in the CLI, then the next run
+def test_ctrl_c_in_cli_leaves_no_partial_output_and_next_run_works(astronaut_path, carphone_path, tmp_path,
+                                                                    monkeypatch, capsys):
+    from emosh.cli import main
+
+    out_dir = tmp_path / "out"
+    argv = ["animate", "--reference", str(astronaut_path), "--driving", str(carphone_path),
+            "--out", str(out_dir / "result.mp4"), "--save-control", str(out_dir / "control.mp4"),
+            "--max-frames", "6", "--size", "128", "--batch-size", "2"]
+    real_write = video.VideoWriter.write
+    written: list[int] = []
+
+    def write_then_ctrl_c(self, frame):
+        if len(written) == 5:  # Ctrl-C arrives after five frame writes (output and control, frame by frame)
+            assert not (out_dir / "result.mp4").exists(), "the real name appears only when the video is complete"
+            raise KeyboardInterrupt
+        written.append(1)
+        real_write(self, frame)
+
+    monkeypatch.setattr(video.VideoWriter, "write", write_then_ctrl_c)
+    assert main(argv) == 130
+    assert "interrupted: no partial output was kept" in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == [], "no partial or final file may remain after a cancel"
+
+    monkeypatch.setattr(video.VideoWriter, "write", real_write)
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 6
+    assert sorted(p.name for p in out_dir.iterdir()) == ["control.mp4", "result.mp4"]
+    assert video.read_frames(out_dir / "result.mp4").shape[0] == 6
