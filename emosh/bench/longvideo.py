@@ -67,35 +67,39 @@ def make_driving_video(source: Path, count: int, path: Path) -> Path:
     return video.write_video(path, ping_pong(frames, count), fps=info.fps)
 
 
-def run_job(driving: Path, reference: Path, out_dir: Path) -> dict:
+def run_job(driving: Path, reference: Path, out_dir: Path, size: int, device: str) -> dict:
     """The main job on one driving video, streaming its outputs to ``out_dir``; returns the job's summary."""
-    from ..animate import animate
+    from ..animate import AnimateOptions, animate
 
-    result = animate(reference, driving, out_dir / "output.mp4", save_control=out_dir / "control.mp4")
+    options = AnimateOptions(long_side=size, device=device)
+    result = animate(reference, driving, out_dir / "output.mp4", options, save_control=out_dir / "control.mp4")
     return result.summary()
 
 
 def child(args: argparse.Namespace) -> int:
     """One run in this process: the summary, its frame count and this process's peak RSS as one JSON line."""
     start = time.perf_counter()
-    summary = run_job(Path(args.driving), Path(args.reference), Path(args.out_dir))
+    summary = run_job(Path(args.driving), Path(args.reference), Path(args.out_dir), args.size, args.device)
     written = {p.name: video.probe_video(p).frames for p in Path(args.out_dir).glob("*.mp4")}
     emit({"frames": args.frames, "peak_rss_mb": round(peak_rss_mb(), 1), "seconds": round(time.perf_counter() - start, 1),
           "written": written, "summary": summary})
     return 0
 
 
-def run_length(source: Path, reference: Path, count: int, work: Path) -> dict:
+def run_length(source: Path, reference: Path, count: int, work: Path, size: int, device: str) -> dict:
     driving = make_driving_video(source, count, work / f"driving_{count}.mp4")
     out_dir = work / f"out_{count}"
     cmd = [sys.executable, "-m", "emosh.bench", "longvideo", "--child", "--frames", str(count),
-           "--driving", str(driving), "--reference", str(reference), "--out-dir", str(out_dir)]
+           "--driving", str(driving), "--reference", str(reference), "--out-dir", str(out_dir),
+           "--size", str(size), "--device", device]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO))
     if proc.returncode != 0:
         raise SystemExit(f"longvideo bench: the {count}-frame run failed (exit {proc.returncode}):\n"
                          f"{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"longvideo: {count} frames done: {json.dumps(run)}", file=sys.stderr, flush=True)
+    return run
 
 
 def main(argv: list[str]) -> int:
@@ -105,6 +109,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reference", type=Path, default=None, help="reference photo")
     parser.add_argument("--lengths", default="150,1000", help="comma-separated frame counts")
     parser.add_argument("--keep", type=Path, default=None, help="keep inputs/outputs in this folder")
+    parser.add_argument("--size", type=int, default=512, help="long side of the output video (animate --size)")
+    parser.add_argument("--device", default="cpu", help="torch device for the job")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--driving", help=argparse.SUPPRESS)
@@ -118,9 +124,9 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="emosh-longvideo-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        runs = {n: run_length(source, reference, n, work) for n in lengths}
+        runs = {n: run_length(source, reference, n, work, args.size, args.device) for n in lengths}
     result: dict = {"source": source.name, "reference": reference.name, "load_avg_1m": round(os.getloadavg()[0], 2),
-                    "target_ratio": TARGET_RATIO}
+                    "size": args.size, "device": args.device, "target_ratio": TARGET_RATIO}
     for n, run in runs.items():
         result[f"peak_rss_mb_{n}"] = run["peak_rss_mb"]
         result[f"seconds_{n}"] = run["seconds"]
