@@ -916,3 +916,26 @@ def test_ctrl_c_in_cli_leaves_no_partial_output_and_next_run_works(astronaut_pat
     assert summary["frames"] == 6
     assert sorted(p.name for p in out_dir.iterdir()) == ["control.mp4", "result.mp4"]
     assert video.read_frames(out_dir / "result.mp4").shape[0] == 6
+
+
+def test_missing_diffusion_model_names_every_folder(astronaut_path, carphone_path, tmp_path, monkeypatch):
+    from emosh.animate import AnimateOptions, animate
+
+    monkeypatch.setenv("EMOSH_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(MissingModelError) as info:
+        animate(astronaut_path, carphone_path, tmp_path / "out" / "x.mp4", AnimateOptions(model="wan2.1_t2v_1.3B"))
+    message = str(info.value)
+    assert str(tmp_path / "models" / "wan2.1_t2v_1.3B") in message and "never downloads" in message
+    assert not (tmp_path / "out").exists(), "nothing is written when the run cannot start"
+
+
+@pytest.mark.parametrize("which", ["reference", "driving"])
+def test_main_job_refuses_unusable_inputs_before_any_work(astronaut_path, carphone_path, tmp_path, which):
+    from emosh.animate import animate
+
+    bad = tmp_path / ("photo.png" if which == "reference" else "clip.mp4")
+    bad.write_bytes(b"")
+    reference, driving = (bad, carphone_path) if which == "reference" else (astronaut_path, bad)
+    with pytest.raises(InputError, match=r"(photo\.png|clip\.mp4)"):
+        animate(reference, driving, tmp_path / "out" / "x.mp4")
+    assert not (tmp_path / "out").exists()
