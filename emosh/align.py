@@ -72,9 +72,12 @@ def spatial_align(model: BodyModel, reference_image: np.ndarray, reference_track
                          f"{reference_image.dtype}")
     if not (0 <= anchor < track.num_frames and 0 <= reference_frame < reference_track.num_frames):
         raise InputError(f"anchor frame {anchor} / reference frame {reference_frame} out of range")
-    if tuple(reference_image.shape[:2]) != reference_track.image_size:
-        raise InputError(f"reference image is {reference_image.shape[1]}x{reference_image.shape[0]} but its track "
-                         f"was made on {reference_track.image_size[1]}x{reference_track.image_size[0]} images")
+    image_h, image_w = reference_image.shape[:2]
+    track_h, track_w = reference_track.image_size
+    if abs(image_w / image_h - track_w / track_h) > 0.01 * track_w / track_h + 1.0 / min(track_h, track_w):
+        # Any resolution of the tracked picture works (the cover transform is resolution-free), a crop does not.
+        raise InputError(f"reference image is {image_w}x{image_h} but its track was made on {track_w}x{track_h} "
+                         f"images (a different aspect ratio: was the photo cropped?)")
     track.check_backend(model.backend)
     reference_track.check_backend(model.backend)
     ref = at_output_size(reference_track.frames(reference_frame, reference_frame + 1), height, width)
@@ -84,7 +87,7 @@ def spatial_align(model: BodyModel, reference_image: np.ndarray, reference_track
     delta = pelvis_camera(ref)[0] - pelvis_camera(out)[anchor]
     aligned = out.replace(focal=out.focal * zoom, cam_t=out.cam_t + delta,
                           meta={**out.meta, "align": f"anchor={anchor}, output={width}x{height}"})
-    scale, offset = cover_transform(reference_track.image_size, height, width)
+    scale, offset = cover_transform((image_h, image_w), height, width)
     image = warp_image(reference_image, scale, offset, height, width)
     _, _, fragments = rasterize_track(model, ref, ref.focal, (height, width))
     return AlignResult(track=aligned, reference_image=image, reference_mask=fragments.mask[0].float(),
