@@ -198,3 +198,16 @@ def test_render_track_streams_batches_and_scales_to_output_size(anny, motion_tra
     big = render_all(anny, motion_track.frames(0, 1), ("mask",), width=256, height=384)["mask"]
     small = batches[0].frames["mask"][0]
     assert abs(float(big.sum()) / float(small.sum()) - 4.0) < 0.15  # focal scaled with the output size
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_render_track_on_cuda_matches_cpu(motion_track):
+    from emosh.body import load_body_model
+
+    gpu_model = load_body_model("anny", "cuda")
+    cpu_model = load_body_model("anny", "cpu")
+    gpu = render_all(gpu_model, motion_track, ("mask", "hybrid"), device="cuda")
+    cpu = render_all(cpu_model, motion_track, ("mask", "hybrid"))
+    assert gpu["mask"].device.type == "cuda"
+    assert (gpu["mask"].cpu() != cpu["mask"]).float().mean() < 1e-3
+    assert (gpu["hybrid"].cpu() - cpu["hybrid"]).abs().mean() < 0.01
