@@ -179,6 +179,14 @@ class TestTrackFiles:
         with pytest.raises(TrackFormatError, match="not a readable .safetensors track"):
             EHMTrack.load(path)
 
+    @pytest.mark.parametrize("keep", [0, 0.5])
+    def test_empty_or_truncated_track_file(self, tmp_path, keep):
+        path = make_track(frames=3).save(tmp_path / "t.safetensors")
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(TrackFormatError, match=r"t\.safetensors is not a readable \.safetensors track file"):
+            EHMTrack.load(path)
+
     def test_safetensors_that_is_not_a_track(self, tmp_path):
         path = tmp_path / "lora.safetensors"
         save_file({"lora.down": torch.zeros(2, 2)}, str(path), metadata={"format": "pt"})
