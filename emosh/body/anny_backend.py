@@ -79,6 +79,9 @@ class AnnyBody(BodyModel):
         n_face = len(self.expression_labels)
         n_pheno = self._model.blendshapes.shape[0] - n_face - 2 * len(self._model.local_change_labels)
         self._facial_blendshapes = self._model.blendshapes[n_pheno:n_pheno + n_face].reshape(n_face, -1)
+        # Load warp's skinning kernel once, single-threaded: two threads loading it at the same time fail inside
+        # warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'").
+        self.rest()
 
     def forward(self, shape, pose, global_orient, translation, expression) -> BodyOutput:
         b = check_motion(self, pose, global_orient, translation, expression)
