@@ -148,6 +148,11 @@ def test_object_info_serves_every_node_with_its_types(server):
     # the model folder is registered (users put EMOSH files in models/emosh/)
     assert _get(f"{server['url']}/models/emosh") == []
     assert info["EmoshTrackLoad"]["input"]["required"]["track_file"][0] == [""]  # no tracks in input/ yet
+    # the workflows are offered as the pack's templates (Workflow → Browse Templates), and served for loading
+    templates = _get(f"{server['url']}/workflow_templates")
+    assert sorted(templates.get(PACK_LINK, [])) == sorted(p.stem for p in tw.WORKFLOWS)
+    served = _get(f"{server['url']}/api/workflow_templates/{PACK_LINK}/emosh_preview_cpu.json")
+    assert served == json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
 
 
 VALIDATE_SCRIPT = r"""
