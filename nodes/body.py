@@ -44,12 +44,7 @@ class EHMBodyModelLoader:
 
     def load(self, backend: str, device: str):
         with autograd():  # the tracker differentiates through this model's tensors
-            model = lib("body").load_body_model(backend, resolve_device(device))
-            # One single-frame forward (single-threaded) before any batched call: Anny's warp skinning kernel is
-            # then loaded once; two threads loading it at the same time fail in warp ("'Adjoint' object has no
-            # attribute 'tid_extent_limit_candidate'", seen in a fresh ComfyUI server).
-            model.rest()
-        return (model,)
+            return (lib("body").load_body_model(backend, resolve_device(device)),)
 
 
 NODE_CLASS_MAPPINGS = {"EmoshBodyModelLoader": EHMBodyModelLoader}
