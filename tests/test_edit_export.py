@@ -6,7 +6,6 @@ Tracks are made from the real Anny model with seeded motion; exports are read ba
 from __future__ import annotations
 
 import json
-import math
 import struct
 
 import numpy as np
