@@ -36,10 +36,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """RGB uint8 [H, W, 3]; grayscale and RGBA inputs are converted (alpha composited over white)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"Image not found: {path}")
+        raise InputError(f"Image not found: {path}; check the file name and folder")
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
-        raise InputError(f"Cannot read {path} as an image (unsupported or corrupt file)")
+        raise InputError(f"Cannot read {path} as an image (unsupported or corrupt file); re-save it as PNG or JPEG")
     return to_rgb(data, bgr=True)
 
 
@@ -48,7 +48,8 @@ def to_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:
     img = np.asarray(image)
     if img.dtype != np.uint8:
         if not np.isfinite(img).all():
-            raise InputError("Image contains NaN or Inf values")
+            raise InputError("Image contains NaN or Inf values; the step that produced it failed (pixels must be "
+                             "finite numbers, 0..1 or 0..255)")
         scale = 255.0 if img.max() <= 1.0 else 1.0
         img = np.clip(img * scale, 0, 255).round().astype(np.uint8)
     if img.ndim == 2:
@@ -70,7 +71,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise InputError(f"{path} has no video stream")
+                raise InputError(f"{path} has no video stream (audio only?); choose a video file")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 25)
             return VideoInfo(frames=int(stream.frames or 0), fps=fps, size=(stream.height, stream.width))
@@ -86,7 +87,7 @@ def iter_frames(path: str | os.PathLike, start: int = 0, max_frames: int | None 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise InputError(f"{path} has no video stream")
+                raise InputError(f"{path} has no video stream (audio only?); choose a video file")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
@@ -100,7 +101,8 @@ def iter_frames(path: str | os.PathLike, start: int = 0, max_frames: int | None 
     except av.error.FFmpegError as exc:
         raise InputError(_undecodable(path, exc)) from exc
     if produced == 0:
-        raise InputError(f"{path} contains no decodable frames" + (f" from frame {start}" if start else ""))
+        hint = f" from frame {start}; lower the start frame" if start else "; re-export it as an .mp4 (H.264)"
+        raise InputError(f"{path} contains no decodable frames{hint}")
 
 
 def read_frames(path: str | os.PathLike, **kwargs) -> np.ndarray:
@@ -147,7 +149,8 @@ class VideoWriter:
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(self._crf), "preset": "veryfast"}
         if (h + h % 2, w + w % 2) != (self._stream.height, self._stream.width):
-            raise InputError(f"Frame {self.frames} is {w}x{h}, the video is {self._stream.width}x{self._stream.height}")
+            raise InputError(f"Frame {self.frames} is {w}x{h}, the video is {self._stream.width}x"
+                             f"{self._stream.height}; all frames of a video must have one size")
         if h % 2 or w % 2:
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -198,7 +201,7 @@ def _undecodable(path: Path, exc: Exception) -> str:
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"File not found: {path}")
+        raise InputError(f"File not found: {path}; check the file name and folder")
     if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes)")
+        raise InputError(f"{path} is empty (0 bytes); the copy or download did not finish")
     return path

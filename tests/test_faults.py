@@ -48,7 +48,7 @@ def _state_hash(module: torch.nn.Module, extra: dict[str, torch.Tensor] | None =
     return digest.hexdigest()
 
 
-# ====================================================================== 1. inputs: files that are not media
+# ========== 1. inputs: files that are not media
 class TestBadMediaFiles:
     def test_zero_byte_video(self, tmp_path):
         path = tmp_path / "empty.mp4"
@@ -87,7 +87,7 @@ class TestBadMediaFiles:
         assert video.probe_video(path).frames == 1
 
 
-# ====================================================================== 1. inputs: odd images
+# ========== 1. inputs: odd images
 class TestOddImages:
     def test_grayscale_png_becomes_rgb(self, tmp_path):
         gray = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1))
@@ -137,7 +137,7 @@ class TestOddImages:
         assert video.resize_long_side(frame, 256).shape == (256, 256, 3)
 
 
-# ====================================================================== 2. files: tracks
+# ========== 2. files: tracks
 class TestTrackFiles:
     META = {"format": "emosh.EHMTrack", "format_version": "1", "backend": "anny", "backend_version": "0.6",
             "image_size": json.dumps([96, 64]), "fps": "25.0", "meta": "{}"}
@@ -194,7 +194,7 @@ class TestTrackFiles:
             EHMTrack.load(path)
 
 
-# ====================================================================== 2. files: weights must be safetensors
+# ========== 2. files: weights must be safetensors
 class _Boom:
     """Unpickling this runs code: the proof that a loader would execute what a file smuggles in."""
 
@@ -257,7 +257,7 @@ class TestWeightFiles:
             assert not _Boom.ran
 
 
-# ====================================================================== 2. files: paths and model folders
+# ========== 2. files: paths and model folders
 class TestPathsAndModels:
     @pytest.mark.parametrize("name", ["../secret.txt", "../../etc/passwd", "/etc/passwd", "sub/../../secret.txt"])
     def test_path_escaping_input_folder_refused(self, tmp_path, name):
@@ -304,7 +304,7 @@ class TestPathsAndModels:
             MotionAdapter.load(tmp_path / "nothing.safetensors")
 
 
-# ====================================================================== 3. cancel: no partial output
+# ========== 3. cancel: no partial output
 class TestCancel:
     @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
     def test_video_writer_cancel_leaves_nothing(self, tmp_path, exc):
@@ -361,7 +361,7 @@ class TestCancel:
         assert list(tmp_path.iterdir()) == []
 
 
-# ====================================================================== 1. inputs: generation tensors
+# ========== 1. inputs: generation tensors
 class TestGenerationInputs:
     def test_size_not_multiple_of_stride(self):
         from emosh.generate.chunks import check_video_inputs
@@ -400,7 +400,7 @@ class TestGenerationInputs:
             latent_frame_count(0)
 
 
-# ====================================================================== 4./5. determinism and concurrency (body)
+# ========== 4./5. determinism and concurrency (body)
 def _motion(anny, frames: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     motion = anny.zero_motion(frames)
@@ -452,7 +452,7 @@ class TestBodyDeterminismAndThreads:
         assert load_body_model("anny", "cpu") is anny
 
 
-# ====================================================================== 1. inputs: what the detector sees
+# ========== 1. inputs: what the detector sees
 @pytest.fixture(scope="module")
 def photo_detector():
     from emosh.track.detect import Detector, holistic_available
@@ -525,7 +525,7 @@ class TestDetectorInputs:
             photo_detector(frame)
 
 
-# ====================================================================== 3./4./5. renderer: streaming, determinism, threads
+# ========== 3./4./5. renderer: streaming, determinism, threads
 def standing_track(model, frames: int, size: tuple[int, int] = (96, 64), seed: int = 0) -> EHMTrack:
     """A person facing the camera, waving the arms a little: a real, visible render target."""
     from emosh.body.camera import default_focal, view_rotation
@@ -656,7 +656,7 @@ class TestRendererStreaming:
         assert _body_state(anny) == before
 
 
-# ====================================================================== more rows on model files and lengths
+# ========== more rows on model files and lengths
 def test_missing_mediapipe_task_file_names_folder_file_and_source(tmp_path, monkeypatch):
     from emosh.track.detect import TASK_FILES, find_task_file
 
@@ -677,7 +677,7 @@ def test_control_shorter_than_generated_video_refused():
         add_motion_tokens(tokens, motion, first_frame=0, factor=1.0)
 
 
-# ====================================================================== 1./4./5. tracker: gaps, no person, determinism, threads
+# ========== 1./4./5. tracker: gaps, no person, determinism, threads
 FAST_FIT = dict(window=8, iterations=4, first_window_iterations=12)  # few iterations: behaviour, not accuracy
 
 
@@ -777,7 +777,7 @@ class TestTracker:
             track_frames([_chelsea_cat()], anny, reference=True, iterations=4)
 
 
-# ====================================================================== ComfyUI node glue: file names and IMAGE tensors
+# ========== ComfyUI node glue: file names and IMAGE tensors
 class TestNodeGlue:
     @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.safetensors"])
     def test_workflow_file_name_outside_input_refused(self, tmp_path, monkeypatch, name):
@@ -824,7 +824,7 @@ class TestNodeGlue:
             image_to_uint8(images)
 
 
-# ====================================================================== preview animator
+# ========== preview animator
 @pytest.fixture(scope="module")
 def preview_animator(anny):
     """An animator whose reference photo is a render of the reference track (so the texture really lines up)."""
@@ -857,7 +857,7 @@ class TestPreview:
             PreviewAnimator(anny, np.zeros((80, 64, 3), np.uint8), reference, np.zeros((96, 64, 3), np.uint8))
 
 
-# ====================================================================== retarget and align
+# ========== retarget and align
 class TestRetargetAlign:
     def test_long_driving_short_reference(self, anny):
         from emosh.retarget import retarget
@@ -894,7 +894,7 @@ class TestRetargetAlign:
         assert result.reference_mask.shape == (70, 50) and result.reference_mask.mean() > 0.02
 
 
-# ====================================================================== the main job: Ctrl-C in the CLI, then the next run
+# ========== the main job: Ctrl-C in the CLI, then the next run
 def test_ctrl_c_in_cli_leaves_no_partial_output_and_next_run_works(astronaut_path, carphone_path, tmp_path,
                                                                     monkeypatch, capsys):
     from emosh.cli import main

@@ -81,8 +81,8 @@ def child(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     summary = run_job(Path(args.driving), Path(args.reference), Path(args.out_dir), args.size, args.device)
     written = {p.name: video.probe_video(p).frames for p in Path(args.out_dir).glob("*.mp4")}
-    emit({"frames": args.frames, "peak_rss_mb": round(peak_rss_mb(), 1), "seconds": round(time.perf_counter() - start, 1),
-          "written": written, "summary": summary})
+    emit({"frames": args.frames, "peak_rss_mb": round(peak_rss_mb(), 1),
+          "seconds": round(time.perf_counter() - start, 1), "written": written, "summary": summary})
     return 0
 
 
