@@ -126,6 +126,13 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, 
     if cull_backfaces:
         # In y-down pixel coordinates a counter-clockwise (front-facing) triangle has negative signed area.
         keep &= area2 < 0
+    # From here on only the N kept triangles (about half of a closed mesh when culling): ``tri_ids`` maps back.
+    tri_ids = keep.nonzero(as_tuple=True)[0]
+    corner_xyz = torch.stack([x, y, z], dim=1).index_select(0, tri_ids)  # [N, 3 (x, y, z), 3 corners]
+    x, y, z = corner_xyz.unbind(1)
+    box = torch.stack([area2, j0, j1, i0, i1, clipped.float()], dim=1).index_select(0, tri_ids)
+    area2, j0, j1, i0, i1, clipped = box.unbind(1)
+    clipped = clipped > 0
 
     # Linear forms over the integer offset (dx, dy) from the box's first pixel centre (small numbers keep float32
     # precise anywhere on the image): screen barycentrics l0, l1 and inverse depth 1/z, which is linear in screen
@@ -144,17 +151,15 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, 
         iz[:, 2] + l0 * d0 + l1 * d1, l0x * d0 + l1x * d1, l0y * d0 + l1y * d1,
     ], dim=1).view(-1, 3, 3)
     box_w, box_h = (j1 - j0 + 1).long(), (i1 - i0 + 1).long()
-    frame = torch.arange(batch, device=device).repeat_interleave(num_faces)
+    frame = torch.div(tri_ids, num_faces, rounding_mode="floor")
     base = frame * (height * width) + i0.long() * width + j0.long()  # flat index of each box's first pixel
 
     # Packed key: inverse depth's float bits (monotonic for positive floats) above the triangle's index, so the
     # largest key is the nearest surface; 0 = background.
-    index_bits = max(1, batch * num_faces).bit_length()
+    index_bits = max(1, int(tri_ids.shape[0])).bit_length()
     zbuf = torch.zeros(batch * height * width, dtype=torch.int64, device=device)
-    kept = keep.nonzero(as_tuple=True)[0]  # culled triangles are never bucketed
-    bucket_key = _grid_side(box_w.index_select(0, kept)) * 65536 + _grid_side(box_h.index_select(0, kept))
+    bucket_key = _grid_side(box_w) * 65536 + _grid_side(box_h)
     sorted_keys, order = torch.sort(bucket_key)
-    order = kept.index_select(0, order)
     keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
     last_pixel = zbuf.shape[0] - 1
     offset = 0
@@ -192,7 +197,7 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, 
     persp[:, 2] = 1.0 - l01.sum(dim=1)
     persp = persp.clamp_(min=0.0).mul_(iz.index_select(0, tri_idx))  # perspective correction: weights / z
     inv_depth = persp.sum(dim=1, keepdim=True)
-    face = tri_idx - frame.index_select(0, tri_idx) * num_faces
+    face = tri_ids.index_select(0, tri_idx) - frame.index_select(0, tri_idx) * num_faces
     return Fragments(size=(batch, height, width), covered=covered, covered_face=face,
                      covered_bary=persp / inv_depth, covered_depth=1.0 / inv_depth[:, 0])
 
