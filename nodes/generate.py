@@ -112,6 +112,7 @@ def _with_emosh_wrapper(model):
 
 
 def _set_transformer_option(model, key: str, value: Any) -> None:
+    """Put ``value`` where the wrapper finds it: the clone's ``transformer_options``."""
     model.model_options.setdefault("transformer_options", {})[key] = value
 
 
@@ -121,6 +122,7 @@ def _encode_frames(vae, frames: torch.Tensor) -> torch.Tensor:
 
 
 def _adapter_files() -> list[str]:
+    """Adapter files in ``models/emosh/`` (empty outside ComfyUI, so the schema builds for tests)."""
     try:
         import folder_paths
         return [f for f in folder_paths.get_filename_list(MODEL_FOLDER) if f.endswith(".safetensors")]
