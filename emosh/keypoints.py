@@ -8,6 +8,9 @@ Drawing colours are RGB exactly as the upstream OpenPose/DWPose code writes them
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import torch
 
 from .body.track import LANDMARK_GROUPS, NUM_LANDMARKS
@@ -125,27 +128,35 @@ BODY_OWN_PARTS: dict[int, tuple[str, ...]] = {
 }
 
 
-def _gather_mean(points: torch.Tensor, table: list[tuple[int, ...]], offset: int = 0) -> torch.Tensor:
-    """Average groups of points [..., N, D] → [..., len(table), D] (one vectorised gather)."""
+@lru_cache(maxsize=None)
+def _table(name: str, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Padded index [M, K] and averaging weight [M, K] arrays of a mapping table (built once)."""
+    table = {"openpose": OPENPOSE_FROM_MEDIAPIPE, "face68": FACE68_FROM_MEDIAPIPE}[name]
     width = max(len(t) for t in table)
-    idx = torch.tensor([list(t) + [t[-1]] * (width - len(t)) for t in table], device=points.device) + offset
-    weight = torch.tensor([[1.0 / len(t)] * len(t) + [0.0] * (width - len(t)) for t in table],
-                          device=points.device, dtype=points.dtype)
-    return (points[..., idx, :] * weight[..., None]).sum(dim=-2)
+    idx = np.array([list(t) + [t[-1]] * (width - len(t)) for t in table], dtype=np.int64) + offset
+    weight = np.array([[1.0 / len(t)] * len(t) + [0.0] * (width - len(t)) for t in table], dtype=np.float32)
+    return idx, weight
 
 
-def _gather_all(visible: torch.Tensor, table: list[tuple[int, ...]], offset: int = 0) -> torch.Tensor:
+def _gather_mean(points: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
+    """Average groups of points [..., N, D] → [..., M, D] (one vectorised gather)."""
+    idx, weight = _table(name, offset)
+    idx_t = torch.from_numpy(idx).to(points.device)
+    weight_t = torch.from_numpy(weight).to(device=points.device, dtype=points.dtype)
+    return (points[..., idx_t, :] * weight_t[..., None]).sum(dim=-2)
+
+
+def _gather_all(visible: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
     """A mapped point is visible only when every source point is (DWPose's neck rule)."""
-    width = max(len(t) for t in table)
-    idx = torch.tensor([list(t) + [t[-1]] * (width - len(t)) for t in table], device=visible.device) + offset
-    return visible[..., idx].all(dim=-1)
+    idx, _ = _table(name, offset)
+    return visible[..., torch.from_numpy(idx).to(visible.device)].all(dim=-1)
 
 
 def to_openpose(points: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """553-layout points [..., 553, D] + visibility [..., 553] → Body-20 points [..., 20, D] and visibility."""
-    return _gather_mean(points, OPENPOSE_FROM_MEDIAPIPE), _gather_all(visible, OPENPOSE_FROM_MEDIAPIPE)
+    return _gather_mean(points, "openpose"), _gather_all(visible, "openpose")
 
 
 def to_face68(points: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """553-layout points → iBUG-68 face points [..., 68, D] and visibility."""
-    return _gather_mean(points, FACE68_FROM_MEDIAPIPE, FACE), _gather_all(visible, FACE68_FROM_MEDIAPIPE, FACE)
+    return _gather_mean(points, "face68", FACE), _gather_all(visible, "face68", FACE)
