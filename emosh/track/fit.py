@@ -127,7 +127,7 @@ class LandmarkBody:
         rot = G @ rest["A"][None]
         trans = joints - (rot @ rest["heads"][None, :, :, None]).squeeze(-1)
         flat = torch.cat([rot.flatten(2), trans], 2)  # [B, J, 12]
-        blended = torch.einsum("mj,bjk->bmk", self.skin_weights, flat)  # [B, M, 12]
+        blended = torch.matmul(self.skin_weights, flat)  # [B, M, 12]
         verts = rest["vertices"][None] + torch.einsum("be,emc->bmc", expression, self.facial)
         skinned = (blended[..., :9].reshape(b, -1, 3, 3) * verts[:, :, None, :]).sum(-1) + blended[..., 9:]
         tab = self.table
@@ -222,31 +222,37 @@ def pose_basis(model: BodyModel) -> PoseBasis:
 
 
 def _orient_flexion(model: BodyModel, basis: PoseBasis) -> PoseBasis:
-    """Flip hinge frames whose positive flexion bends the wrong way (checked numerically on the rest body):
-    elbows bring the forearm forward, knees the shin backward, fingers curl medially (toward the palm)."""
+    """Flip hinge frames whose positive flexion bends the wrong way (checked numerically on the rest body, one
+    batched forward): elbows bring the forearm forward, knees the shin backward, fingers curl medially (palm)."""
     shape = model.default_shape()
-    base = model(shape, **model.zero_motion(1)).joints[0]
     frame = basis.frame.clone()
     labels = model.joint_labels
+    checked = [k for k, idx in enumerate(basis.pose_index.tolist())
+               if bool(basis.hinge[k]) and not (model.pose_labels[idx].startswith("finger")
+                                                 and model.pose_labels[idx][-3] == "3")]
+    motion = model.zero_motion(len(checked) + 1)
+    for row, k in enumerate(checked, start=1):
+        motion["pose"][row, basis.pose_index[k]] = 0.4 * frame[k][:, 0]
+    with torch.no_grad():
+        joints = model(shape, **motion).joints
     flipped: dict[str, bool] = {}
+    for row, k in enumerate(checked, start=1):
+        idx = int(basis.pose_index[k])
+        bone = model.pose_labels[idx]
+        child = labels.index(model.pose_labels[idx + 1])  # Anny lists every bone right before its first child
+        moved = joints[row, child] - joints[0, child]
+        if bone.startswith("lowerarm"):
+            flipped[bone] = bool(moved[1] > 0)
+        elif bone.startswith("lowerleg"):
+            flipped[bone] = bool(moved[1] < 0)
+        else:
+            flipped[bone] = bool(moved[0] * (1.0 if bone.endswith("L") else -1.0) > 0)
     for k, idx in enumerate(basis.pose_index.tolist()):
+        bone = model.pose_labels[idx]
         if not bool(basis.hinge[k]):
             continue
-        bone = model.pose_labels[idx]
-        if bone.startswith("finger") and bone[-3] == "3":
-            flip = flipped[bone[:-3] + "2" + bone[-2:]]  # last phalanx: same frame construction as the middle one
-        else:
-            child = labels.index(model.pose_labels[idx + 1])  # Anny lists every bone right before its first child
-            motion = model.zero_motion(1)
-            motion["pose"][0, idx] = 0.4 * frame[k][:, 0]
-            moved = model(shape, **motion).joints[0, child] - base[child]
-            if bone.startswith("lowerarm"):
-                flip = bool(moved[1] > 0)
-            elif bone.startswith("lowerleg"):
-                flip = bool(moved[1] < 0)
-            else:
-                flip = bool(moved[0] * (1.0 if bone.endswith("L") else -1.0) > 0)
-        flipped[bone] = flip
+        # last phalanx: same frame construction as the middle one
+        flip = flipped[bone[:-3] + "2" + bone[-2:]] if bone.startswith("finger") and bone[-3] == "3" else flipped[bone]
         if flip:
             frame[k, :, 0] = -frame[k, :, 0]
             frame[k, :, 1] = -frame[k, :, 1]
@@ -377,68 +383,71 @@ class Fitter:
 
     # ------------------------------------------------------------------ initialisation
     def initial_state(self, targets: Targets, shape: torch.Tensor, previous: FitState | None) -> FitState:
-        """Warm start from the previous window's last frame, else a closed-form placement of the rest body."""
+        """Pose and expression warm-started from the previous window's last frame (else the prior mean); per frame,
+        the facing from the metric pose landmarks and a closed-form placement (depth, image position) of the body,
+        so a window whose person turned or moved since the last one starts near the answer."""
         t = targets.landmarks.shape[0]
         if previous is not None:
             last = previous.index(slice(-1, None))
-            return FitState(last.q.repeat(t, 1, 1), last.orient.repeat(t, 1), last.cam.repeat(t, 1),
-                            last.expr.repeat(t, 1))
-        q = self.basis.mean[None].repeat(t, 1, 1)
-        expr = torch.zeros(t, self.n_expr, device=self.device)
+            q, expr, orient = last.q.repeat(t, 1, 1), last.expr.repeat(t, 1), last.orient.repeat(t, 1)
+        else:
+            q = self.basis.mean[None].repeat(t, 1, 1)
+            expr = torch.zeros(t, self.n_expr, device=self.device)
+            orient = torch.zeros(t, 3, device=self.device)
         if targets.blendshapes is not None:
-            expr = torch.nan_to_num(targets.blendshapes, nan=0.0).clamp(0, 1)
-        orient = self._initial_orient(targets)
-        rest = self.body.rest(shape)
-        cam = torch.zeros(t, 3, device=self.device)
+            seen = torch.isfinite(targets.blendshapes)
+            expr = torch.where(seen, torch.nan_to_num(targets.blendshapes).clamp(0, 1), expr)
+        orient = self._initial_orient(targets, orient, fallback_facing=previous is None)
         with torch.no_grad():
-            for k in range(t):
-                cam[k] = self._place(rest, q[k:k + 1], orient[k:k + 1], expr[k:k + 1], targets, k)
-        return FitState(q, orient, cam, expr)
+            cam = self._place(self.body.rest(shape), FitState(q, orient, torch.zeros(t, 3, device=self.device),
+                                                              expr), targets)
+        if previous is not None:  # frames too empty to place keep the previous placement
+            cam = torch.where(torch.isfinite(cam), cam, previous.cam[-1:])
+        return FitState(q, orient, torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0), expr)
 
-    def _initial_orient(self, targets: Targets) -> torch.Tensor:
-        """Facing from the metric pose landmarks when available (Procrustes on shoulders/hips), else from which
-        image side the subject's left shoulder is on (facing the camera or turned away)."""
-        t = targets.landmarks.shape[0]
-        orient = torch.zeros(t, 3, device=self.device)
+    def _initial_orient(self, targets: Targets, orient: torch.Tensor, fallback_facing: bool) -> torch.Tensor:
+        """Facing from the metric pose landmarks when available (Procrustes on shoulders/hips); otherwise, with
+        ``fallback_facing``, from which image side the subject's left shoulder is on (front or back view)."""
+        orient = orient.clone()
         rest = self.body.landmarks(self.body.rest(self.model.default_shape()),
                                    self.basis.to_pose(self.basis.mean[None], self.n_pose),
-                                   orient[:1], orient[:1], torch.zeros(1, self.n_expr, device=self.device))[0]
+                                   orient[:1] * 0, orient[:1] * 0, torch.zeros(1, self.n_expr, device=self.device))[0]
         ids = [11, 12, 23, 24]
-        for k in range(t):
+        src = rest[ids] @ self.cam_R.T  # rest points in camera axes
+        for k in range(orient.shape[0]):
             wb = None if targets.world_body is None else targets.world_body[k, ids]
             if wb is not None and torch.isfinite(wb).all() and (targets.weights[k, ids] > 0).sum() >= 3:
-                src = rest[ids] @ self.cam_R.T  # rest points in camera axes
                 rot = roma.rigid_points_registration(src[None], wb[None])[0][0]
-                # keep the yaw/roll/pitch about the pelvis, expressed in the world frame
-                orient[k] = roma.rotmat_to_rotvec(self.cam_R.T @ rot @ self.cam_R)
-            else:
+                orient[k] = roma.rotmat_to_rotvec(self.cam_R.T @ rot @ self.cam_R)  # camera → world frame
+            elif fallback_facing:
                 ls, rs = targets.landmarks[k, 11], targets.landmarks[k, 12]
                 seen = targets.weights[k, 11] > 0 and targets.weights[k, 12] > 0
                 if seen and ls[0] < rs[0]:  # subject's left on the image left: seen from behind
                     orient[k] = orient.new_tensor([0.0, 0.0, math.pi])
         return orient
 
-    def _place(self, rest, q, orient, expr, targets: Targets, k: int) -> torch.Tensor:
-        """Weak-perspective least squares for depth and image position of the pelvis (one frame)."""
-        w = targets.weights[k].clone()
-        pts = torch.tensor(TORSO_POINTS + list(range(75, 553)), device=self.device)
-        if (w[pts] > 0).sum() < 3:
-            pts = torch.arange(NUM_LANDMARKS, device=self.device)
-        w = w[pts]
+    def _place(self, rest, state: FitState, targets: Targets) -> torch.Tensor:
+        """Weak-perspective least squares, per frame, for the depth and image position of the pelvis from the
+        torso and face points → cam [T, 3] (NaN where fewer than 2 points are seen)."""
         h, wd = self.image_size
-        if (w > 0).sum() < 2:
-            return torch.tensor([0.0, 0.0, math.log(2.5)], device=self.device)
-        state = FitState(q, orient, torch.tensor([[0.0, 0.0, 0.0]], device=self.device), expr)
-        model_pts = (self.body.landmarks(rest, **self.motion(state))[0] @ self.cam_R.T)[pts]  # camera axes, z≈0
-        uv = targets.landmarks[k, pts] - model_pts.new_tensor([wd / 2.0, h / 2.0])
-        sel = w > 0
-        x, u = model_pts[sel, :2], uv[sel]
-        xc, uc = x - x.mean(0), u - u.mean(0)
-        s = (xc * uc).sum() / (xc * xc).sum().clamp(min=1e-9)
-        s = s.clamp(min=1e-3)
+        model_pts = self.body.landmarks(rest, **self.motion(state)) @ self.cam_R.T  # camera axes, pelvis at 0
+        torso = torch.zeros(NUM_LANDMARKS, dtype=torch.bool, device=self.device)
+        torso[TORSO_POINTS] = True
+        torso[FACE] = True
+        w = targets.weights * torso[None]
+        few = (w > 0).sum(1) < 3
+        w = torch.where(few[:, None], targets.weights, w)  # e.g. only hands seen: use what there is
+        w = (w > 0).float()[..., None]
+        n = w.sum(1).clamp(min=1e-9)  # [T, 1]
+        x = model_pts[..., :2]
+        u = targets.landmarks - x.new_tensor([wd / 2.0, h / 2.0])
+        xm, um = (w * x).sum(1) / n, (w * u).sum(1) / n
+        xc, uc = (x - xm[:, None]) * w, (u - um[:, None]) * w
+        s = ((xc * uc).sum((1, 2)) / (xc * xc).sum((1, 2)).clamp(min=1e-9)).clamp(min=1e-3)
         z = self.focal / s
-        offset = (u.mean(0) / s - x.mean(0))  # pelvis position in metres (camera x/y) at depth z
-        return torch.stack([offset[0] / z, offset[1] / z, z.log()])
+        offset = um / s[:, None] - xm  # pelvis position in metres (camera x/y) at depth z
+        cam = torch.stack([offset[:, 0] / z, offset[:, 1] / z, z.log()], 1)
+        return torch.where((n < 2)[:, :1].expand_as(cam), torch.full_like(cam, float("nan")), cam)
 
     # ------------------------------------------------------------------ the optimisation
     def fit(self, targets: Targets, shape: torch.Tensor, init: FitState, context: FitState | None = None,
@@ -466,7 +475,8 @@ class Fitter:
         no_hands = torch.ones(NUM_LANDMARKS, device=self.device)
         no_hands[HANDS] = 0.0
         finger = (self.basis.group == 1)
-        rest = None if fit_shape else self.body.rest(shape_p)
+        with torch.no_grad():
+            rest = self.body.rest(shape_p)
         n1, n2 = (int(round(iterations * f)) for f in s.stage_split[:2])
         stages = [(n1, ["orient", "cam"], torso), (n2, ["orient", "cam", "q"], no_hands),
                   (iterations - n1 - n2, ["orient", "cam", "q", "expr"], None)]
@@ -475,7 +485,8 @@ class Fitter:
             if steps <= 0:
                 continue
             groups = [{"params": [params[n]], "lr": lrs[n]} for n in names]
-            if fit_shape:
+            shape_stage = fit_shape and "q" in names  # the shape waits until the body is placed
+            if shape_stage:
                 groups.append({"params": [shape_p], "lr": s.lr * 0.5})
             opt = torch.optim.Adam(groups)
             base_lr = [g["lr"] for g in groups]
@@ -485,7 +496,7 @@ class Fitter:
                     g["lr"] = lr * (1.0 - 0.9 * step / max(steps - 1, 1))
                 opt.zero_grad(set_to_none=True)
                 state = FitState(params["q"], params["orient"], params["cam"], params["expr"])
-                r = self.body.rest(shape_p) if fit_shape else rest
+                r = self.body.rest(shape_p) if shape_stage else rest
                 proj = self.landmarks2d(r, state)
                 err = (proj - targets.landmarks).norm(dim=-1) / box * 100.0  # % of box height
                 rho = err.square() / (err.square() + wts.sigma ** 2) * wts.sigma ** 2
@@ -499,7 +510,7 @@ class Fitter:
                 opt.step()
                 with torch.no_grad():
                     params["expr"].clamp_(0.0, 1.0)
-                    if fit_shape:
+                    if shape_stage:
                         shape_p.clamp_(0.0, 1.0)
         out = FitState(params["q"], params["orient"], params["cam"], params["expr"]).detach()
         return out, shape_p.detach()
