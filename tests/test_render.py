@@ -145,12 +145,17 @@ def test_keypoints_behind_the_body_are_not_drawn(anny):
         white = {name: int((img == 255).all(-1).sum()) for name, img in images.items()}
         assert white["front"] > 50  # the 68 white face dots
         assert white["back"] == 0  # the face is behind the head
-    # The visibility test itself: the whole face in front view, none of it from behind.
+    # The visibility test itself. Forearms bent so both hands rest in front of the belly: seen from the front the
+    # whole face and both hands are visible; from behind, the face and the hands (behind the torso) are not, while
+    # the shoulders still are (seen through their own torso, as 2D detectors report them).
     from emosh.body.camera import to_camera
     from emosh.render.renderer import rasterize_track
     from emosh.track.correspondence import mesh_landmarks
 
-    track = front.replace(pose=front.pose.repeat(2, 1, 1), global_orient=torch.cat([front.global_orient, back.global_orient]),
+    pose = torch.zeros(2, *front.pose.shape[1:])
+    pose[:, anny.pose_labels.index("lowerarm01.L"), 2] = -1.6
+    pose[:, anny.pose_labels.index("lowerarm01.R"), 2] = 1.6
+    track = front.replace(pose=pose, global_orient=torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, math.pi]]),
                           translation=front.translation.repeat(2, 1), expression=front.expression.repeat(2, 1),
                           focal=front.focal.repeat(2), cam_R=front.cam_R.repeat(2, 1, 1),
                           cam_t=front.cam_t.repeat(2, 1), confidence=front.confidence.repeat(2, 1),
@@ -159,10 +164,10 @@ def test_keypoints_behind_the_body_are_not_drawn(anny):
     points = to_camera(mesh_landmarks(anny, output), track.cam_R, track.cam_t)
     pixels = project_camera_points(points, track.focal, track.image_size)
     visible = draw.keypoint_visibility(frags, pixels, points, anny.part_labels, anny.faces,
-                                       draw.own_part_table(anny.part_names, torch.device("cpu")))
-    face = slice(kp.FACE, None)
+                                       draw.see_through_table(anny.part_names, torch.device("cpu")))
+    face, hands = slice(kp.FACE, None), slice(kp.LEFT_HAND, kp.FACE)
     assert visible[0, face].float().mean() > 0.9 and not visible[1, face].any()
-    # From behind, the body's shoulders are seen through the back (own part), the nose is not.
+    assert int(visible[0, hands].sum()) >= 40 and int(visible[1, hands].sum()) <= 4
     assert visible[1, 11] and visible[1, 12] and not visible[1, 0]
 
 

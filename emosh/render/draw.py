@@ -54,16 +54,24 @@ _SURFACE_TOLERANCE = 0.03
 # Face-plane landmarks (FaceMesh): right/left eye outer corners, forehead, chin; and the body points of the face.
 _FACE_FRAME = (33, 263, 10, 152)
 _BODY_FACE_POINTS = (0, 1, 2, 3, 4, 5, 6, 9, 10)
+_TRUNK_PARTS = ("torso", "neck", "head")
 
 
-def own_part_table(part_names: list[str], device: torch.device) -> torch.Tensor:
-    """[553, P] bool: body parts through whose visible surface a joint-like landmark still counts as visible."""
+def see_through_table(part_names: list[str], device: torch.device) -> torch.Tensor:
+    """[553, P] bool: surfaces of part p that do not hide landmark n even when they are in front of it.
+
+    Body and hand landmarks are hidden only by the trunk (torso, neck, head), never by their own parts: an arm
+    behind the back disappears, an arm crossing in front of the chest does not hide the shoulder behind it —
+    2D pose detectors still localise such self-occluded joints, and models trained on them expect them drawn.
+    Face landmarks are exact surface points: any nearer surface hides them.
+    """
     table = torch.zeros(len(kp.landmark_names()), len(part_names), dtype=torch.bool, device=device)
+    trunk = [part_names.index(p) for p in _TRUNK_PARTS]
+    limbs = [i for i in range(len(part_names)) if i not in trunk]
+    table[:kp.FACE, limbs] = True
     for index, parts in kp.BODY_OWN_PARTS.items():
         for part in parts:
             table[index, part_names.index(part)] = True
-    for side, start in (("l", kp.LEFT_HAND), ("r", kp.RIGHT_HAND)):
-        table[start:start + len(kp.HAND_NAMES), part_names.index(f"hand_{side}")] = True
     return table
 
 
@@ -75,12 +83,12 @@ def face_toward_camera(camera_points: torch.Tensor) -> torch.Tensor:
 
 
 def keypoint_visibility(fragments: Fragments, pixels: torch.Tensor, camera_points: torch.Tensor,
-                        part_labels: torch.Tensor, faces: torch.Tensor, own_parts: torch.Tensor) -> torch.Tensor:
+                        part_labels: torch.Tensor, faces: torch.Tensor, see_through: torch.Tensor) -> torch.Tensor:
     """[B, 553] bool: a keypoint is drawn when it lies in the image and is not hidden behind the body.
 
     Hidden means: the visible surface at its pixel is nearer than the keypoint (by more than a small tolerance)
-    and belongs to a part other than the keypoint's own (an elbow is seen through its own arm, never through the
-    torso); face points and the body's face points also need the face to point toward the camera.
+    and is of a part that hides it (``see_through_table``: an elbow behind the torso is hidden, one behind its own
+    forearm is not); face points and the body's face points also need the face to point toward the camera.
     """
     batch, height, width = fragments.size
     depth = camera_points[..., 2]
@@ -102,8 +110,8 @@ def keypoint_visibility(fragments: Fragments, pixels: torch.Tensor, camera_point
     tolerance = torch.full_like(depth[0], _SURFACE_TOLERANCE)
     tolerance[kp.FACE:] = _FACE_TOLERANCE
     in_front = depth <= surface_depth + tolerance
-    through_own = own_parts[torch.arange(pixels.shape[1], device=pixels.device)[None, :], surface_part] & on_body
-    visible = inside & (in_front | through_own)
+    through = see_through[torch.arange(pixels.shape[1], device=pixels.device)[None, :], surface_part] & on_body
+    visible = inside & (in_front | through)
     facing = face_toward_camera(camera_points)[:, None]
     visible[:, kp.FACE:] &= facing
     visible[:, list(_BODY_FACE_POINTS)] &= facing

@@ -93,7 +93,7 @@ class _FrameRenderer:
         self.faces = model.faces.to(device)
         self.part_labels = model.part_labels.to(device)
         self.colors = shading.semantic_colors(model).to(device)
-        self.own_parts = draw.own_part_table(model.part_names, device)
+        self.see_through = draw.see_through_table(model.part_names, device)
 
     def render(self, track: EHMTrack, focal: torch.Tensor, modes: Sequence[str],
                keypoint_style: str) -> dict[str, torch.Tensor]:
@@ -119,7 +119,7 @@ class _FrameRenderer:
                 landmarks = to_camera(mesh_landmarks(self.model, output).to(self.device), track.cam_R, track.cam_t)
                 kp_pixels = project_camera_points(landmarks, focal, self.size)
                 visible = draw.keypoint_visibility(fragments, kp_pixels, landmarks, self.part_labels, self.faces,
-                                                   self.own_parts)
+                                                   self.see_through)
                 self._draw(out, modes, keypoint_style, kp_pixels, visible)
         return {m: out[m] for m in modes}
 
