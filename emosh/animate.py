@@ -8,7 +8,8 @@ Chain (one function per stage, shared by the CLI and the ComfyUI nodes):
 The driving video is decoded once for tracking; everything after works batch by batch, so memory does not grow with
 the video length (only the tracks, a few hundred numbers per frame, are held whole).
 Progress is reported as ``progress(stage, done, total)``; ``cancel()`` is polled between batches and stops the run
-(raising ``KeyboardInterrupt``) when it returns True; ComfyUI's interrupt check may also raise by itself.
+(raising :class:`Cancelled`) when it returns True; ComfyUI's interrupt check may also raise by itself. Output files
+are written under temporary names, so a cancelled run leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch
 
 from .body import EHMTrack, load_body_model
 from .body.model import BodyModel
-from .errors import InputError, MissingModelError
+from .errors import EmoshError, InputError, MissingModelError
 from .video import VideoWriter, is_image, iter_frames, probe_video, read_image, write_image
 
 ProgressFn = Callable[[str, int, int], None]
@@ -33,6 +34,10 @@ CancelFn = Callable[[], bool]
 
 DEFAULT_LONG_SIDE = 512
 SIZE_MULTIPLE = 16  # video codecs and video diffusion models both want sizes divisible by 16
+
+
+class Cancelled(EmoshError):
+    """The caller's ``cancel()`` asked to stop."""
 
 
 @dataclass
@@ -100,7 +105,7 @@ def output_size(reference_hw: tuple[int, int], width: int | None, height: int | 
     else:
         scale = long_side / max(ref_h, ref_w)
         h, w = ref_h * scale, ref_w * scale
-    h, w = (max(SIZE_MULTIPLE, int(round(v / SIZE_MULTIPLE)) * SIZE_MULTIPLE) for v in (h, w))
+    h, w = (max(SIZE_MULTIPLE, int(v / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE) for v in (h, w))
     return h, w
 
 
@@ -141,7 +146,7 @@ class _Stages:
 
     def check_cancel(self) -> None:
         if self.should_stop():
-            raise KeyboardInterrupt("cancelled")
+            raise Cancelled("The animation was cancelled; no output was written")
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -253,6 +258,19 @@ def iter_animation(model: BodyModel, reference_image: np.ndarray, reference_trac
         done += part.num_frames
         stages.report("render", done, total)
         yield AnimationBatch(batch.start, as_float(batch.frames["hybrid"]), frames, alpha)
+
+
+def animate_tracks(model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack,
+                   driving_track: EHMTrack, options: AnimateOptions | None = None,
+                   progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Iterator[AnimationBatch]:
+    """The main job from tracks already made (e.g. by the tracker node): retarget, align, then control and output
+    frames batch by batch (diffusion when ``options.model`` is set, else the preview animator)."""
+    options = options or AnimateOptions()
+    stages = _Stages(progress, cancel)
+    pipeline = load_diffusion(options) if options.model is not None else None
+    aligned = plan_output(model, reference_image, reference_track, driving_track, options, stages)
+    batches = iter_animation(model, reference_image, reference_track, aligned, options, stages)
+    return diffuse(pipeline, aligned.reference_image, batches, options, stages) if pipeline else batches
 
 
 def resolve_model(name: str | os.PathLike) -> Path:

