@@ -57,7 +57,8 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            body = response.read()
+            return response.status, json.loads(body) if body.strip() else {}
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
 
@@ -234,3 +235,28 @@ def test_cpu_workflow_runs_over_http_and_writes_a_video(server):
         assert read_frames(path).shape[0] == 6
     preview = read_frames(saved[[p.name for p in saved].index(names[1])])
     assert preview.std() > 10 and abs(preview[0].astype(float) - preview[-1].astype(float)).mean() > 0.5
+
+
+def test_interrupt_stops_a_long_tracking_run(server):
+    """POST /interrupt while the tracker works through a whole clip: the run ends as interrupted, not finished."""
+    info = _get(f"{server['url']}/object_info", timeout=120)
+    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    prompt = tw.ui_to_api(workflow, tw.load_schemas(info),
+                          {"Frames to use": {"length": 4096}, "EmoshSpatialAlign": {"width": 128, "height": 128}})
+    status, answer = _post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
+    assert status == 200 and answer.get("node_errors") == {}, answer
+    prompt_id = answer["prompt_id"]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not _get(f"{server['url']}/queue")["queue_running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    time.sleep(10)  # well inside the trackers (a whole clip takes minutes); the body model and video load first
+    _post(f"{server['url']}/interrupt", {})
+    while prompt_id not in (history := _get(f"{server['url']}/history/{prompt_id}")):
+        assert time.monotonic() < deadline, "the run neither finished nor stopped"
+        time.sleep(1)
+    entry = history[prompt_id]
+    assert entry["status"]["status_str"] == "error"
+    messages = dict((kind, data) for kind, data in entry["status"]["messages"])
+    assert "execution_interrupted" in messages and "execution_success" not in messages, messages
+    assert messages["execution_interrupted"]["node_type"] == "EmoshTracker", messages["execution_interrupted"]
