@@ -228,21 +228,15 @@ def fill_unseen_limbs(model: BodyModel, driving: EHMTrack, reference: EHMTrack, 
 def iter_animation(model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack, aligned,
                    options: AnimateOptions, stages: _Stages) -> Iterator[AnimationBatch]:
     """Control and preview frames batch by batch for the aligned output track."""
-    from .generate.preview import PreviewAnimator, person_region, remove_person, segment_person
+    from .generate.preview import PreviewAnimator, background_plate
     from .render.renderer import render_track
 
     track = aligned.track
     height, width = track.image_size
-
-    def background() -> np.ndarray:
-        mesh = aligned.reference_mask.cpu().numpy() > 0.5
-        region = person_region(mesh, segment_person(aligned.reference_image))
-        return remove_person(aligned.reference_image, region)
-
-    plate = stages.run("background", background)
-    animator = stages.run("texture", lambda: PreviewAnimator(
-        model, reference_image, reference_track, plate, texture_size=options.texture_size,
-        segmentation=segment_person(reference_image), device=options.device))
+    plate = stages.run("background", background_plate, aligned.reference_image,
+                       aligned.reference_mask.cpu().numpy())
+    animator = stages.run("texture", PreviewAnimator, model, reference_image, reference_track, plate,
+                          texture_size=options.texture_size, device=options.device)
     total = track.num_frames
     batches = render_track(model, track, ("hybrid",), width=width, height=height, batch_size=options.batch_size,
                            device=options.device)

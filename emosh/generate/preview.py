@@ -43,12 +43,6 @@ def _project(model: BodyModel, track: EHMTrack, device: torch.device) -> tuple[t
     return cam, project_camera_points(cam, track.focal, track.image_size), fragments
 
 
-def person_mask(model: BodyModel, track: EHMTrack, batch_size: int = 16) -> torch.Tensor:
-    """[T, H, W] bool silhouette of the fitted mesh in the track's image frame."""
-    return torch.cat([_project(model, track.frames(a, a + batch_size), model.device)[2].mask
-                      for a in range(0, track.num_frames, batch_size)])
-
-
 def segment_person(image: np.ndarray) -> np.ndarray | None:
     """Soft person segmentation [H, W] in 0..1 (MediaPipe selfie segmentation, shipped in the wheel), or None when
     this mediapipe has no legacy solutions (then the fitted mesh alone marks the person)."""
@@ -229,7 +223,10 @@ class ReferenceTexture:
         cam, pixels, zbuffer = cam[0], pixels[0], fragments.depth[0]
         # Photo pixels that show the person (the segmentation when there is one: the fitted mesh may stick out over
         # the background), shrunk by 2 px because silhouette pixels mix in the background.
-        shown = segmentation > 0.5 if segmentation is not None else fragments.mask[0].cpu().numpy()
+        mesh = fragments.mask[0].cpu().numpy()
+        shown = mesh
+        if segmentation is not None and (segmentation[mesh] > 0.5).mean() > 0.5:  # trusted only where it agrees
+            shown = segmentation > 0.5
         region = cv2.erode(shown.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(np.float32)
         inside = torch.from_numpy(region).to(device)[None]
 
@@ -365,12 +362,19 @@ def remove_person(image: np.ndarray, mask: np.ndarray, dilate_frac: float = 0.02
     return (alpha * filled + (1.0 - alpha) * image).round().astype(np.uint8)
 
 
+def background_plate(image: np.ndarray, mesh_mask: np.ndarray, segment: bool = True) -> np.ndarray:
+    """The reference image (at the output size) with its person removed: the fitted mesh's mask plus the segmented
+    hair and clothes that touch it, inpainted (what the animated person is composited over)."""
+    segmentation = segment_person(image) if segment else None
+    return remove_person(image, person_region(np.asarray(mesh_mask) > 0.5, segmentation))
+
+
 # ---------------------------------------------------------------------------------------------------- animator
 class PreviewAnimator:
     """Renders output frames for batches of a (retargeted, aligned) track.
 
     ``reference_image``/``reference_track``: the photo at its own resolution and its one-frame fit (texture source);
-    ``segmentation``: optional soft person mask of that photo (:func:`segment_person`), keeps background out of the
+    ``segment``: segment the person in the photo (:func:`segment_person`), which keeps background out of the
     texture at the silhouette.
     ``background``: the output-size image the person is composited over (e.g. :func:`remove_person` of the aligned
     reference). Frames come out as float [B, H, W, 3] in 0..1 on ``device``.
@@ -378,9 +382,10 @@ class PreviewAnimator:
 
     def __init__(self, model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack,
                  background: np.ndarray, texture_size: int = 1024, feather: float = 1.0,
-                 segmentation: np.ndarray | None = None, device: torch.device | str | None = None) -> None:
+                 segment: bool = True, device: torch.device | str | None = None) -> None:
         self.model = model
         self.device = torch.device(device) if device is not None else model.device
+        segmentation = segment_person(reference_image) if segment else None
         self.texture = ReferenceTexture(model, reference_image, reference_track, texture_size, segmentation,
                                         self.device)
         self.background = torch.from_numpy(np.ascontiguousarray(background)).to(self.device).float() / 255.0
