@@ -129,7 +129,7 @@ class _OccluderDepth:
     ``radius`` pixels (min filters per part; the two smallest are kept so "any part but mine" is one lookup)."""
 
     def __init__(self, face_id: torch.Tensor, depth: torch.Tensor, face_parts: torch.Tensor, parts: int,
-                 radius: int, tolerance: float = 0.02) -> None:
+                 radius: int, tolerance: float = 0.02, margin_tolerance: float = 0.06) -> None:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
         part_map = torch.where(face_id >= 0, face_parts[face_id.clamp(min=0)], -1).cpu().numpy()
         far = np.float32(1e9)
@@ -150,15 +150,16 @@ class _OccluderDepth:
         self.best, self.second = torch.from_numpy(best).to(device), torch.from_numpy(second).to(device)
         self.best_part = torch.from_numpy(best_part).to(device)
         self.tolerance = tolerance
+        self.margin_tolerance = margin_tolerance  # a limb must be clearly in front (an arm beside the chest is not)
 
     def visible(self, points: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
         """[N] bool for points (x_px, y_px, z) of body ``parts`` [N]."""
         h, w = self.depth.shape
         col = points[:, 0].floor().long().clamp(0, w - 1)
         row = points[:, 1].floor().long().clamp(0, h - 1)
-        z = points[:, 2] - self.tolerance
+        z = points[:, 2]
         foreign = torch.where(self.best_part[row, col] == parts, self.second[row, col], self.best[row, col])
-        return (z <= self.depth[row, col]) & (z <= foreign)
+        return (z - self.tolerance <= self.depth[row, col]) & (z - self.margin_tolerance <= foreign)
 
 
 class _HandRegions:
