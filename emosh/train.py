@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .errors import InputError
+from .safeio import read_safetensors
 from .generate.adapter import MotionAdapter
 from .generate.chunks import ChunkConditioning, run_model_on_chunk
 
@@ -181,11 +182,9 @@ def save_lora(lora: dict[str, LoRALinear], path: str | Path) -> None:
 
 def load_lora(transformer: torch.nn.Module, path: str | Path) -> dict[str, LoRALinear]:
     """Attach LoRA weights written by :func:`save_lora` to a DiT (for inference with the diffusers host)."""
-    tensors = load_file(str(path))
+    tensors, metadata = read_safetensors(path)
     names = sorted({k.rsplit(".", 1)[0] for k in tensors})
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        scale = float((f.metadata() or {}).get("scale", 1.0))
+    scale = float(metadata.get("scale", 1.0))
     layers = {}
     for name in names:
         a, b = tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"]
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = EmoshPipeline.from_pretrained(args.model, vae=args.vae, adapter=args.adapter, device=args.device) \
         if args.adapter else _pipeline_with_new_adapter(args.model, args.vae, args.device)
-    text = load_file(args.text_embeds)["prompt_embeds"] if args.text_embeds else None
+    text = read_safetensors(args.text_embeds)[0]["prompt_embeds"] if args.text_embeds else None
     stream = _sample_stream(find_pairs(args.data), args.frames, (args.height, args.width), args.seed)
     losses, lora = train(pipe, stream, args.steps, args.lr, args.lora_rank, args.lora_alpha, args.temporal_frames,
                          text, args.seed, args.mixed_precision)

@@ -65,6 +65,8 @@ def check_image(images: torch.Tensor, name: str = "image") -> None:
         raise lib("errors").InputError(f"{name} must be a ComfyUI IMAGE [batch, height, width, channels], got {shape}")
     if images.shape[0] < 1:
         raise lib("errors").InputError(f"{name} is an empty image batch")
+    if images.dtype.is_floating_point and not torch.isfinite(images).all():
+        raise lib("errors").InputError(f"{name} contains NaN or Inf values; check the node that produced it")
 
 
 def mask_to_float(mask: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import TrackFormatError
+from ..errors import InputError, TrackFormatError
+from ..paths import atomic_output
+from ..safeio import read_safetensors
 
 FORMAT_VERSION = 1
 
@@ -159,7 +160,6 @@ class EHMTrack:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` atomically (temporary name, then rename) so a cancel never leaves half a file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
             "format": "emosh.EHMTrack",
             "format_version": str(FORMAT_VERSION),
@@ -169,9 +169,9 @@ class EHMTrack:
             "fps": repr(self.fps),
             "meta": json.dumps(self.meta),
         }
-        tmp = path.with_name(path.name + ".partial")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}, str(tmp),
+                      metadata=metadata)
         return path
 
     @classmethod
@@ -180,13 +180,9 @@ class EHMTrack:
         if not path.is_file():
             raise TrackFormatError(f"Track file not found: {path}")
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except TrackFormatError:
-            raise
-        except Exception as exc:  # safetensors raises several types for corrupt headers
-            raise TrackFormatError(f"{path} is not a readable .safetensors track file ({exc})") from exc
+            tensors, metadata = read_safetensors(path, device)
+        except InputError as exc:
+            raise TrackFormatError(f"{path} is not a readable .safetensors track file ({exc.__cause__})") from exc
         if metadata.get("format") != "emosh.EHMTrack":
             raise TrackFormatError(f"{path} is a safetensors file but not an EMOSH track (no 'emosh.EHMTrack' tag)")
         version = int(metadata.get("format_version", "0"))

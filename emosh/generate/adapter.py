@@ -16,9 +16,10 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import InputError, MissingModelError
+from ..safeio import read_safetensors
 
 ADAPTER_FORMAT = "emosh-motion-adapter"
 ADAPTER_VERSION = 1
@@ -100,7 +101,7 @@ class MotionAdapter(torch.nn.Module):
                                     f"there (train one with `python -m emosh.train`); nothing is downloaded.")
         if path.suffix != ".safetensors":
             raise InputError(f"EMOSH adapters load from .safetensors only, got {path.name}.")
-        tensors = load_file(str(path), device="cpu")
+        tensors, _ = read_safetensors(path)
         missing = {"proj.weight", "proj.bias"} - set(tensors)
         if missing:
             raise InputError(f"{path} is not an EMOSH motion adapter: missing tensors {sorted(missing)}.")

@@ -199,6 +199,9 @@ def check_video_inputs(control: torch.Tensor, reference: torch.Tensor, init_vide
     if control.ndim != 4 or control.shape[-1] < 3:
         raise InputError(f"Control frames must be an IMAGE batch [N, H, W, 3], got {list(control.shape)}.")
     n, h, w = control.shape[:3]
+    for name, video in (("control frames", control), ("reference image", reference), ("init video", init_video)):
+        if video is not None and not torch.isfinite(video).all():
+            raise InputError(f"The {name} contain NaN or Inf values; check the node that produced them.")
     if h % multiple or w % multiple:
         raise InputError(f"Wrong size: control frames are {w}x{h}; width and height must be multiples of {multiple}.")
     if reference.ndim == 3:

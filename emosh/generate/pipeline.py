@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from ..errors import InputError, MissingModelError
+from ..safeio import read_safetensors, read_safetensors_metadata
 from .adapter import InjectionSchedule, MotionAdapter
 from .chunks import (ChunkAssembler, check_video_inputs, pad_video_to_latent_grid, plan_chunks, pixel_to_latent_chunking,
                      run_model_on_chunk)
@@ -42,8 +41,7 @@ def _require_file(path: Path, what: str, weights: bool = True) -> Path:
 
 def _single_file_config(path: Path) -> dict | None:
     """Config stored in a safetensors header (key ``config``) or in ``<stem>.json`` next to the file."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_safetensors_metadata(path)
     if "config" in meta:
         return json.loads(meta["config"])
     sibling = path.with_suffix(".json")
@@ -88,7 +86,7 @@ def load_transformer(path: str | os.PathLike, config: dict | None = None,
             raise InputError(f"{cfg_file} describes a {name}; EMOSH runs on {TRANSFORMER_CLASSES}.")
         return getattr(diffusers, name).from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
                                                         torch_dtype=dtype)
-    sd = load_file(str(path))
+    sd, _ = read_safetensors(path)
     cfg = dict(config or _single_file_config(path) or {})
     if "patch_embedding.weight" in sd and "head.head.weight" in sd:
         if not cfg and any(k.startswith(("face_adapter.", "vace_")) for k in sd):
@@ -117,7 +115,7 @@ def load_vae(path: str | os.PathLike, config: dict | None = None) -> torch.nn.Mo
         folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
         _require_file(folder / "config.json", "Wan VAE config", weights=False)
         return AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    sd = load_file(str(path))
+    sd, _ = read_safetensors(path)
     cfg = dict(config or _single_file_config(path) or {})
     if "encoder.conv1.weight" in sd:  # original Wan VAE layout
         sd = convert_wan_vae_to_diffusers(sd)
