@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
         return 0
 
     reference, driving, source = default_inputs()
-    reference, driving = args.reference or reference, args.driving or driving
+    if args.reference or args.driving:
+        reference, driving, source = args.reference or reference, args.driving or driving, "given"
     result = {"inputs": source, "reference": reference.name, "driving": driving.name, "size": args.size,
               "load_1m_before": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="emosh-bench-") as tmp:
