@@ -48,12 +48,20 @@ def run_once(reference: Path, driving: Path, frames: int, size: int, out: Path) 
     """One animate run in this process; its numbers as a dict."""
     from ..animate import AnimateOptions, animate
 
-    begin = time.perf_counter()
+    begin, cpu_begin = time.perf_counter(), _cpu_seconds()
     result = animate(reference, driving, out, AnimateOptions(max_frames=frames, long_side=size))
     seconds = time.perf_counter() - begin
     return {"frames": result.frames, "seconds": round(seconds, 2), "fps": round(result.frames / seconds, 3),
+            "cpu_seconds": round(_cpu_seconds() - cpu_begin, 2),  # all threads; wall time suffers on a busy box
             "peak_rss_mb": round(peak_rss_mb(), 1), "height": result.size[0], "width": result.size[1],
             "stages": {k: round(v, 2) for k, v in result.seconds.items()}}
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_child(reference: Path, driving: Path, frames: int, size: int, out: Path) -> dict:
@@ -98,6 +106,7 @@ def main(argv: list[str]) -> int:
             looped = loop_video(driving, args.long_frames, tmp / "looped.mp4")
             long = run_child(reference, looped, args.long_frames, args.size, tmp / "out_long.mp4")
             result.update({f"frames_{args.long_frames}": long["frames"],
+                           f"cpu_seconds_{args.long_frames}": long["cpu_seconds"],
                            f"seconds_{args.long_frames}": long["seconds"],
                            f"peak_rss_mb_{args.long_frames}": long["peak_rss_mb"],
                            f"stages_{args.long_frames}": long["stages"]})
