@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import threading
 from pathlib import Path
@@ -947,3 +948,35 @@ def test_main_job_refuses_unusable_inputs_before_any_work(astronaut_path, carpho
     with pytest.raises(InputError, match=r"(photo\.png|clip\.mp4)"):
         animate(reference, driving, tmp_path / "out" / "x.mp4")
     assert not (tmp_path / "out").exists()
+
+
+def test_first_batched_calls_from_two_threads_in_a_fresh_process():
+    """The very first skinning calls of a process, made by two threads at once (ComfyUI runs requests back to
+    back): they once crashed inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'")."""
+    import subprocess
+    import sys
+
+    script = (
+        "import threading, torch\n"
+        "from emosh.body import load_body_model\n"
+        "m = load_body_model('anny', 'cpu')\n"
+        "motion = m.zero_motion(16)\n"
+        "errors = []\n"
+        "barrier = threading.Barrier(2)\n"
+        "def run():\n"
+        "    try:\n"
+        "        barrier.wait()\n"
+        "        for _ in range(3):\n"
+        "            m(m.default_shape(), **motion)\n"
+        "    except BaseException as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=run) for _ in range(2)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print('ERRORS', errors)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=repo, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ERRORS []" in proc.stdout, proc.stdout[-2000:]
