@@ -53,6 +53,7 @@ class AnimateOptions:
     batch_size: int = 8
     texture_size: int = 1024
     device: str = "cpu"
+    relative_orientation: bool = True  # start from the reference's body orientation, add the driver's turns
     model: str | None = None  # diffusion model (folder or .safetensors); None = training-free preview animator
     adapter: str | None = None
     text_embeds: str | None = None
@@ -185,10 +186,27 @@ def plan_output(model: BodyModel, reference_image: np.ndarray, reference_track: 
 
     height, width = output_size(reference_image.shape[:2], options.width, options.height, options.long_side)
     driving_track = fill_unseen_limbs(model, driving_track, reference_track)
+    if options.relative_orientation:
+        driving_track = relative_root_orientation(driving_track, reference_track)
     moved = stages.run("retarget", retarget, model, driving_track, reference_track)
     aligned = stages.run("align", spatial_align, model, reference_image, reference_track, moved,
                          width=width, height=height)
     return aligned
+
+
+def relative_root_orientation(driving: EHMTrack, reference: EHMTrack) -> EHMTrack:
+    """The driver's body turns relative to its first frame, applied to the reference's orientation.
+
+    A driver filmed from below (a dashboard camera) or side-on would otherwise tip the reference person toward or
+    away from the camera; this way frame 0 has the reference's own stance, which is what lets the output start
+    where the reference stands, and every later turn of the driver is kept."""
+    import roma
+
+    turns = roma.rotvec_to_rotmat(driving.global_orient)
+    start = roma.rotvec_to_rotmat(reference.global_orient[:1].to(turns))
+    orient = turns @ turns[:1].transpose(1, 2) @ start
+    return driving.replace(global_orient=roma.rotmat_to_rotvec(orient).contiguous(),
+                           meta={**driving.meta, "orientation": "relative to the reference"})
 
 
 # limb → (root joint of its subtree, the two MediaPipe pose landmarks that show it)

@@ -157,3 +157,18 @@ def test_model_option_generates_from_control_with_a_diffusers_folder(tmp_path):
     out = list(diffuse(load_diffusion(options), np.zeros((32, 32, 3), np.uint8), batches, options, stages))
     assert len(out) == 1 and out[0].output.shape == (5, 32, 32, 3) and torch.isfinite(out[0].output).all()
     assert reports[-1][0] == "diffusion" and reports[-1][1] == reports[-1][2]
+
+
+def test_relative_orientation_starts_at_the_reference_stance_and_keeps_the_drivers_turns():
+    import roma
+    from test_track_format import make_track
+
+    from emosh.animate import relative_root_orientation
+
+    driving, reference = make_track(frames=4, seed=1), make_track(frames=1, seed=2)
+    out = relative_root_orientation(driving, reference)
+    rot = roma.rotvec_to_rotmat
+    assert torch.allclose(rot(out.global_orient[:1]), rot(reference.global_orient), atol=1e-5)
+    turn_out = rot(out.global_orient[3]) @ rot(out.global_orient[0]).T
+    turn_drv = rot(driving.global_orient[3]) @ rot(driving.global_orient[0]).T
+    assert torch.allclose(turn_out, turn_drv, atol=1e-5)
