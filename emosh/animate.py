@@ -18,7 +18,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -148,14 +148,6 @@ class _Stages:
     def check_cancel(self) -> None:
         if self.should_stop():
             raise Cancelled("The animation was cancelled; no output was written")
-
-
-def load_body_model_warm(device: str | torch.device) -> BodyModel:
-    """The cached Anny model after one single-frame forward: Anny's warp skinning kernel is then built before the
-    body model splits big batches over threads (warp can fail when two threads build it at once)."""
-    model = load_body_model("anny", device)
-    model.rest()
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -367,7 +359,7 @@ def animate(reference: str | os.PathLike, driving: str | os.PathLike, out: str |
     _check_inputs(reference, driving)
     stages = _Stages(progress, cancel)
     pipeline = stages.run("load_diffusion", load_diffusion, options) if options.model is not None else None
-    model = stages.run("load_model", load_body_model_warm, options.device)
+    model = stages.run("load_model", load_body_model, "anny", options.device)
     reference_image = read_image(reference)
     ref_track, drv_track = track_inputs(model, reference_image, driving, options, stages)
     if save_track is not None:
