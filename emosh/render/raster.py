@@ -169,12 +169,14 @@ def rasterize(points: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, 
         gw, gh = key // 65536, key % 65536
         dy, dx = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
         dx, dy = dx.reshape(-1), dy.reshape(-1)
-        grid = torch.stack([torch.ones_like(dx), dx, dy]).float()  # [3, S]
+        dxf, dyf = dx.float().view(1, 1, -1), dy.float().view(1, 1, -1)
         pixel_offset = (dy * width + dx)[None, :]
         step = max(1, _MAX_CANDIDATES // (gw * gh))
         for start in range(0, count, step):
             m = members[start:start + step]
-            values = (forms.index_select(0, m).view(-1, 3) @ grid).view(m.shape[0], 3, -1)  # [n, (l0, l1, 1/z), S]
+            f = forms.index_select(0, m)  # [n, (l0, l1, 1/z), (origin, d/dx, d/dy)]
+            # Plain element-wise maths: a K=3 matmul would wake BLAS threads that spin on a busy machine.
+            values = torch.addcmul(torch.addcmul(f[:, :, :1], f[:, :, 1:2], dxf), f[:, :, 2:3], dyf)  # [n, 3, S]
             w0, w1, inv_depth = values.unbind(1)
             inside = (w0 >= -_INSIDE_EPS) & (w1 >= -_INSIDE_EPS) & (w0 + w1 <= 1.0 + _INSIDE_EPS) & (inv_depth > 0)
             if bool(clipped.index_select(0, m).any()) or gw > _GRID_SIDES[3] or gh > _GRID_SIDES[3]:
