@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m emosh demo --out outputs/demo
+	$(BIN)/python -m emosh demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -c tests/pytest.ini tests
