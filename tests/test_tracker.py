@@ -74,12 +74,13 @@ def test_fit_recovers_synthetic_motion(anny):
 
 def test_missing_detections_are_interpolated_and_flagged(anny):
     from emosh.bench.tracker import synthetic_sequence
-    from emosh.track.tracker import Detection, _interpolate
+    from emosh.track.detect import FrameDetection
+    from emosh.track.tracker import _interpolate
 
     dets, truth = synthetic_sequence(anny, 24, seed=7)
     gap = range(9, 14)
     for t in gap:
-        dets[t] = Detection(np.zeros((NUM_LANDMARKS, 2), np.float32), np.zeros(NUM_LANDMARKS, np.float32))
+        dets[t] = FrameDetection.empty()
     track = _fit(anny, dets, truth, window=12, filter_sigma=0.0, iterations=20, first_window_iterations=30)
     expected = torch.ones(24, dtype=torch.bool)
     expected[list(gap)] = False
@@ -96,11 +97,12 @@ def test_missing_detections_are_interpolated_and_flagged(anny):
 
 
 def test_no_person_anywhere_raises(anny):
-    from emosh.track.tracker import Detection, WindowedTracker, track_frames
+    from emosh.track.detect import FrameDetection
+    from emosh.track.tracker import WindowedTracker, track_frames
 
     tracker = WindowedTracker(anny, (64, 64), fps=25.0)
     for _ in range(3):
-        tracker.push(Detection(np.zeros((NUM_LANDMARKS, 2), np.float32), np.zeros(NUM_LANDMARKS, np.float32)))
+        tracker.push(FrameDetection.empty())
     with pytest.raises(NoPersonError, match="No person"):
         tracker.finish()
     grey = [np.full((96, 128, 3), 128, np.uint8) for _ in range(3)]

@@ -13,7 +13,6 @@ fps: end-to-end (decode + detect + fit) on a real video resized to 512 px.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -24,10 +23,11 @@ import torch
 from ..body import load_body_model
 from ..body.camera import default_focal, project, view_rotation
 from ..body.model import BodyModel
-from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack
+from ..body.track import NUM_LANDMARKS, EHMTrack
 from ..track.correspondence import mesh_landmarks
+from ..track.detect import FrameDetection
 from ..track.fit import LandmarkBody, pose_basis
-from ..track.tracker import Detection, WindowedTracker, fitted_landmarks2d, person_box_height, reprojection_error_pct
+from ..track.tracker import WindowedTracker, fitted_landmarks2d, person_box_height, reprojection_error_pct
 from .common import emit, peak_rss_mb
 
 REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
@@ -52,7 +52,8 @@ def _smooth_keys(keys: np.ndarray, frames: int, every: int) -> np.ndarray:
 
 
 def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tuple[int, int] = (512, 512),
-                       noise_pct: float = 1.0, drop: float = 0.1, every: int = 16) -> tuple[list[Detection], dict]:
+                       noise_pct: float = 1.0, drop: float = 0.1,
+                       every: int = 16) -> tuple[list[FrameDetection], dict]:
     """Random plausible motion of one random body seen by the tracker's camera; returns (detections, truth)."""
     rng = np.random.default_rng(seed)
     basis = pose_basis(model)
@@ -123,7 +124,8 @@ def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tup
         conf = np.where(inside & (rng.random(NUM_LANDMARKS) >= drop), 1.0, 0.0).astype(np.float32)
         cam_pts = (pts3[t] @ cam_R.T).cpu().numpy()[:33]
         world = cam_pts - 0.5 * (cam_pts[23] + cam_pts[24]) + rng.normal(0, 0.02, (33, 3))
-        dets.append(Detection(noisy.astype(np.float32) * conf[:, None], conf, world.astype(np.float32)))
+        dets.append(FrameDetection(noisy.astype(np.float32) * conf[:, None], conf, world.astype(np.float32),
+                                   num_people=1))
     return dets, truth
 
 

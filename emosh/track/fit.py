@@ -233,8 +233,9 @@ def _orient_flexion(model: BodyModel, basis: PoseBasis) -> PoseBasis:
     motion = model.zero_motion(len(checked) + 1)
     for row, k in enumerate(checked, start=1):
         motion["pose"][row, basis.pose_index[k]] = 0.4 * frame[k][:, 0]
+    body = LandmarkBody(model)  # its own kinematics: light, and no multi-threaded mesh skinning here
     with torch.no_grad():
-        joints = model(shape, **motion).joints
+        joints = body.posed(body.rest(shape), **motion)[1]
     flipped: dict[str, bool] = {}
     for row, k in enumerate(checked, start=1):
         idx = int(basis.pose_index[k])
@@ -475,8 +476,7 @@ class Fitter:
         no_hands = torch.ones(NUM_LANDMARKS, device=self.device)
         no_hands[HANDS] = 0.0
         finger = (self.basis.group == 1)
-        with torch.no_grad():
-            rest = self.body.rest(shape_p)
+        rest = None if fit_shape else self.body.rest(shape_p)
         n1, n2 = (int(round(iterations * f)) for f in s.stage_split[:2])
         stages = [(n1, ["orient", "cam"], torso), (n2, ["orient", "cam", "q"], no_hands),
                   (iterations - n1 - n2, ["orient", "cam", "q", "expr"], None)]
@@ -485,8 +485,7 @@ class Fitter:
             if steps <= 0:
                 continue
             groups = [{"params": [params[n]], "lr": lrs[n]} for n in names]
-            shape_stage = fit_shape and "q" in names  # the shape waits until the body is placed
-            if shape_stage:
+            if fit_shape:
                 groups.append({"params": [shape_p], "lr": s.lr * 0.5})
             opt = torch.optim.Adam(groups)
             base_lr = [g["lr"] for g in groups]
@@ -496,7 +495,7 @@ class Fitter:
                     g["lr"] = lr * (1.0 - 0.9 * step / max(steps - 1, 1))
                 opt.zero_grad(set_to_none=True)
                 state = FitState(params["q"], params["orient"], params["cam"], params["expr"])
-                r = self.body.rest(shape_p) if shape_stage else rest
+                r = self.body.rest(shape_p) if fit_shape else rest
                 proj = self.landmarks2d(r, state)
                 err = (proj - targets.landmarks).norm(dim=-1) / box * 100.0  # % of box height
                 rho = err.square() / (err.square() + wts.sigma ** 2) * wts.sigma ** 2
@@ -510,7 +509,7 @@ class Fitter:
                 opt.step()
                 with torch.no_grad():
                     params["expr"].clamp_(0.0, 1.0)
-                    if shape_stage:
+                    if fit_shape:
                         shape_p.clamp_(0.0, 1.0)
         out = FitState(params["q"], params["orient"], params["cam"], params["expr"]).detach()
         return out, shape_p.detach()

@@ -12,7 +12,6 @@ import math
 import os
 import queue
 import threading
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -21,8 +20,9 @@ import torch
 
 from ..body.camera import default_focal
 from ..body.model import BodyModel
-from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack
+from ..body.track import EHMTrack
 from ..errors import EmoshError, InputError, NoPersonError
+from .detect import FrameDetection
 from .fit import CONF_GATE, Fitter, FitSettings, FitState, Targets
 
 DEFAULT_WINDOW = 32
@@ -37,17 +37,6 @@ class TrackingCancelled(EmoshError):
     """The caller's cancel() asked to stop."""
 
 
-@dataclass
-class Detection:
-    """What the fitter needs from a detector for one frame (``emosh.track.detect.FrameDetection`` fits)."""
-
-    landmarks: np.ndarray  # [553, 2] px
-    confidence: np.ndarray  # [553]
-    world_body: np.ndarray | None = None  # [33, 3] metres, camera axes, hip-centred
-    blendshapes: np.ndarray | None = None  # [52] in Anny's facial_action_labels order
-    num_people: int = 1
-
-
 def person_box_height(landmarks: np.ndarray, confidence: np.ndarray, image_size: tuple[int, int]) -> float:
     """Height (px) of the box around the confidently seen landmarks inside the image; 0 when nothing is seen."""
     h, w = image_size
@@ -59,7 +48,7 @@ def person_box_height(landmarks: np.ndarray, confidence: np.ndarray, image_size:
     return float(ys.max() - ys.min())
 
 
-def _targets(dets: list, image_size: tuple[int, int], device: torch.device) -> Targets:
+def _targets(dets: list[FrameDetection], image_size: tuple[int, int], device: torch.device) -> Targets:
     h, w = image_size
     lm = np.stack([d.landmarks for d in dets]).astype(np.float32)
     conf = np.stack([d.confidence for d in dets]).astype(np.float32)
@@ -116,7 +105,7 @@ class WindowedTracker:
         self.focal = float(focal) if focal else default_focal(self.image_size)
         self.reference = reference
         # offline zero-phase smoothing of the fitted parameters (frames); removes the optimiser's per-frame noise
-        self.filter_sigma = (FILTER_SECONDS * self.fps * float(smoothing)) if filter_sigma is None else float(filter_sigma)
+        self.filter_sigma = FILTER_SECONDS * self.fps * float(smoothing) if filter_sigma is None else filter_sigma
         settings = FitSettings()
         w = settings.weights
         for name in ("smooth_pose", "smooth_global", "smooth_depth", "smooth_expr"):
@@ -134,11 +123,11 @@ class WindowedTracker:
         self._people: list[int] = []
         self._last: FitState | None = None
 
-    def push(self, det) -> None:
+    def push(self, det: FrameDetection) -> None:
         self._pending.append(det)
         self._landmarks.append(np.asarray(det.landmarks, np.float32))
         self._confidence.append(np.asarray(det.confidence, np.float32))
-        self._people.append(int(getattr(det, "num_people", 1)))
+        self._people.append(int(det.num_people))
         if len(self._pending) >= self.window:
             self._fit_pending()
 
