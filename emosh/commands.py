@@ -35,7 +35,8 @@ def _add_common(p: argparse.ArgumentParser, max_frames: int | None = None) -> No
     p.add_argument("--width", type=int, help="output width (default: the reference's aspect, long side --size)")
     p.add_argument("--height", type=int, help="output height")
     p.add_argument("--size", type=int, default=512, help="long side of the output when width/height are not given")
-    p.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
+    p.add_argument("--fps", type=float, help="output frame rate (default: the driving video's; frames are not "
+                                            "resampled, so another rate plays faster or slower)")
     p.add_argument("--start", type=int, default=0, help="first driving frame to use")
     p.add_argument("--max-frames", type=int, default=max_frames, help="use at most this many driving frames")
     p.add_argument("--batch-size", type=int, default=8, help="frames rendered per batch (memory vs. speed)")
