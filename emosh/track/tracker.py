@@ -27,7 +27,7 @@ from .fit import CONF_GATE, Fitter, FitSettings, FitState, Targets
 
 DEFAULT_WINDOW = 32
 CONTEXT = 4  # frames of the previous window that the smoothness term sees
-VIDEO_ITERATIONS = 40
+VIDEO_ITERATIONS = 60
 FIRST_WINDOW_ITERATIONS = 100
 REFERENCE_ITERATIONS = 300
 FILTER_SECONDS = 0.06  # σ of the offline parameter smoothing (1.8 frames at 30 fps)
