@@ -53,7 +53,7 @@ class AnimateOptions:
     batch_size: int = 8
     texture_size: int = 1024
     device: str = "cpu"
-    relative_orientation: bool = True  # start from the reference's body orientation, add the driver's turns
+    relative_orientation: bool = False  # True: start from the reference's body orientation, add the driver's turns
     model: str | None = None  # diffusion model (folder or .safetensors); None = training-free preview animator
     adapter: str | None = None
     text_embeds: str | None = None
@@ -196,7 +196,7 @@ def relative_root_orientation(driving: EHMTrack, reference: EHMTrack) -> EHMTrac
 
     turns = roma.rotvec_to_rotmat(driving.global_orient)
     start = roma.rotvec_to_rotmat(reference.global_orient[:1].to(turns))
-    orient = turns @ turns[:1].transpose(1, 2) @ start
+    orient = start @ turns[:1].transpose(1, 2) @ turns  # the turn in the body's own frame (about its own up axis)
     return driving.replace(global_orient=roma.rotmat_to_rotvec(orient).contiguous(),
                            meta={**driving.meta, "orientation": "relative to the reference"})
 

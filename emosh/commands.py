@@ -41,9 +41,9 @@ def _add_common(p: argparse.ArgumentParser, max_frames: int | None = None) -> No
     p.add_argument("--max-frames", type=int, default=max_frames, help="use at most this many driving frames")
     p.add_argument("--batch-size", type=int, default=8, help="frames rendered per batch (memory vs. speed)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    p.add_argument("--absolute-orientation", action="store_true",
-                   help="use the driver's body orientation as filmed (default: the reference's stance plus the "
-                        "driver's turns from its first frame)")
+    p.add_argument("--relative-orientation", action="store_true",
+                   help="start from the reference's body orientation and add the driver's turns since its first "
+                        "frame (default: the driver's orientation as filmed)")
     p.add_argument("--model", help="diffusion model (diffusers folder or .safetensors, a path or a name in the "
                                    "emosh model folder); without it the training-free preview animator runs")
     p.add_argument("--adapter", help="EMOSH adapter .safetensors (not needed for Wan-Animate models)")
@@ -67,7 +67,7 @@ def _options(args):
         raise InputError(f"--fps must be positive, got {args.fps}")
     return AnimateOptions(width=args.width, height=args.height, long_side=args.size, fps=args.fps, start=args.start,
                           max_frames=args.max_frames, batch_size=args.batch_size, device=args.device,
-                          relative_orientation=not args.absolute_orientation,
+                          relative_orientation=args.relative_orientation,
                           model=args.model, adapter=args.adapter, text_embeds=args.text_embeds, steps=args.steps,
                           denoise=args.denoise, seed=args.seed)
 

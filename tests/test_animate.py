@@ -169,6 +169,6 @@ def test_relative_orientation_starts_at_the_reference_stance_and_keeps_the_drive
     out = relative_root_orientation(driving, reference)
     rot = roma.rotvec_to_rotmat
     assert torch.allclose(rot(out.global_orient[:1]), rot(reference.global_orient), atol=1e-5)
-    turn_out = rot(out.global_orient[3]) @ rot(out.global_orient[0]).T
-    turn_drv = rot(driving.global_orient[3]) @ rot(driving.global_orient[0]).T
+    turn_out = rot(out.global_orient[0]).T @ rot(out.global_orient[3])  # turns in the body's own frame
+    turn_drv = rot(driving.global_orient[0]).T @ rot(driving.global_orient[3])
     assert torch.allclose(turn_out, turn_drv, atol=1e-5)
