@@ -1,7 +1,7 @@
 """The shipped workflows (workflows/*.json, ComfyUI frontend "UI" format), checked without ComfyUI.
 
 Structure and links are checked against our node classes and against the input lists of ComfyUI 0.3.64's core nodes
-(shared/data/comfyui/core-nodes-0.3.64.json, from GET /object_info of a stock ComfyUI). The CPU workflow is then
+(tests/data/core-nodes-0.3.64.json: interface facts from GET /object_info of a stock ComfyUI 0.3.64). The CPU workflow is then
 converted to ComfyUI's API format and executed headless through our node classes on a real clip, with small
 stand-ins for the five core nodes it uses (load image/video, frame cut, create/save video).
 
@@ -23,7 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-CORE_FILE = REPO.parent / "shared" / "data" / "comfyui" / "core-nodes-0.3.64.json"
+CORE_FILE = Path(__file__).parent / "data" / "core-nodes-0.3.64.json"
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # exist in the frontend only, never executed
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_WIDGETS = {("LoadImage", "image"), ("LoadVideo", "file")}  # the frontend adds an "upload" widget after these

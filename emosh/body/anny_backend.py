@@ -8,8 +8,8 @@ World frame: metres, Z up, the body faces -Y.
 """
 from __future__ import annotations
 
+import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import roma
 import torch
@@ -34,7 +34,15 @@ _BONE_PREFIX_TO_PART = [  # first match wins; side suffix appended for .L/.R bon
 
 _cache: dict[str, "AnnyBody"] = {}
 _cache_lock = threading.Lock()
-_skinning_pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="emosh-lbs")
+_skinning_lock = threading.Lock()
+
+
+def _reuse_skinning_kernel() -> None:
+    """Make anny's ``get_kernel`` return the same warp kernel for the same settings (it is a pure factory)."""
+    from anny.skinning import warp_skinning
+
+    if not hasattr(warp_skinning.get_kernel, "cache_info"):
+        warp_skinning.get_kernel = functools.lru_cache(maxsize=None)(warp_skinning.get_kernel)
 
 
 def bone_part(bone: str) -> str:
@@ -79,8 +87,10 @@ class AnnyBody(BodyModel):
         n_face = len(self.expression_labels)
         n_pheno = self._model.blendshapes.shape[0] - n_face - 2 * len(self._model.local_change_labels)
         self._facial_blendshapes = self._model.blendshapes[n_pheno:n_pheno + n_face].reshape(n_face, -1)
-        # Load warp's skinning kernel once, single-threaded: two threads loading it at the same time fail inside
-        # warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'").
+        # anny makes a new warp kernel object on every skinning call; two calls at once (two ComfyUI requests, two
+        # threads) then race inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'").
+        # One cached kernel, compiled here single-threaded, removes the race and the per-call code generation.
+        _reuse_skinning_kernel()
         self.rest()
 
     def forward(self, shape, pose, global_orient, translation, expression) -> BodyOutput:
@@ -107,15 +117,10 @@ class AnnyBody(BodyModel):
         joints = (rigid[:, None] @ bone_poses)[..., :3, 3]
         return BodyOutput(vertices=verts, joints=joints)
 
-
     def _skin(self, rest_vertices: torch.Tensor, bone_transforms: torch.Tensor) -> torch.Tensor:
-        """Anny's warp LBS kernel; on CPU it is single-threaded, so large batches are split over the cores."""
-        skin = self._model.get_skinned_vertices
-        workers = _skinning_pool._max_workers
-        if self.device.type != "cpu" or workers < 2 or rest_vertices.shape[0] < 8:
-            return skin(rest_vertices, bone_transforms)
-        chunks = zip(rest_vertices.chunk(workers), bone_transforms.chunk(workers))
-        return torch.cat(list(_skinning_pool.map(lambda args: skin(*args), chunks)))
+        """Anny's warp LBS kernel; calls are serialised (warp's CPU launches are single-threaded anyway)."""
+        with _skinning_lock:
+            return self._model.get_skinned_vertices(rest_vertices, bone_transforms)
 
 
 def anny_body(device: str | torch.device = "cpu") -> AnnyBody:
