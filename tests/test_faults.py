@@ -941,14 +941,16 @@ def test_main_job_refuses_unusable_inputs_before_any_work(astronaut_path, carpho
     assert not (tmp_path / "out").exists()
 
 
-def test_first_batched_calls_from_two_threads_in_a_fresh_process():
-    """The very first skinning calls of a process, made by two threads at once (ComfyUI runs requests back to
-    back): they once crashed inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'")."""
+def test_batched_calls_from_two_threads_in_a_fresh_process():
+    """Batched body-model calls from two threads (ComfyUI requests; the CPU skinning pool splits each batch over
+    threads too) crashed inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'") because anny
+    built a new kernel object per call; it stopped two 1,000-frame runs mid-way."""
     import subprocess
     import sys
 
-    script = (
-        "import threading, torch\n"
+    script = (  # a tiny thread switch interval makes the interleavings of a long, loaded run happen at once
+        "import sys, threading, torch\n"
+        "sys.setswitchinterval(1e-6)\n"
         "from emosh.body import load_body_model\n"
         "m = load_body_model('anny', 'cpu')\n"
         "motion = m.zero_motion(16)\n"
@@ -957,7 +959,7 @@ def test_first_batched_calls_from_two_threads_in_a_fresh_process():
         "def run():\n"
         "    try:\n"
         "        barrier.wait()\n"
-        "        for _ in range(3):\n"
+        "        for _ in range(30):\n"
         "            m(m.default_shape(), **motion)\n"
         "    except BaseException as exc:\n"
         "        errors.append(repr(exc))\n"

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -111,6 +112,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep inputs/outputs in this folder")
     parser.add_argument("--size", type=int, default=512, help="long side of the output video (animate --size)")
     parser.add_argument("--device", default="cpu", help="torch device for the job")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the lengths at the same time (peak RSS is per process, so it is unaffected)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--driving", help=argparse.SUPPRESS)
@@ -124,7 +127,9 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="emosh-longvideo-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        runs = {n: run_length(source, reference, n, work, args.size, args.device) for n in lengths}
+        with ThreadPoolExecutor(len(lengths) if args.parallel else 1) as pool:  # each run is its own process
+            done = pool.map(lambda n: run_length(source, reference, n, work, args.size, args.device), lengths)
+            runs = dict(zip(lengths, done))
     result: dict = {"source": source.name, "reference": reference.name, "load_avg_1m": round(os.getloadavg()[0], 2),
                     "size": args.size, "device": args.device, "target_ratio": TARGET_RATIO}
     for n, run in runs.items():
