@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import roma
 import torch
@@ -34,7 +35,7 @@ _BONE_PREFIX_TO_PART = [  # first match wins; side suffix appended for .L/.R bon
 
 _cache: dict[str, "AnnyBody"] = {}
 _cache_lock = threading.Lock()
-_skinning_lock = threading.Lock()
+_skinning_pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="emosh-lbs")
 
 
 def _reuse_skinning_kernel() -> None:
@@ -118,9 +119,14 @@ class AnnyBody(BodyModel):
         return BodyOutput(vertices=verts, joints=joints)
 
     def _skin(self, rest_vertices: torch.Tensor, bone_transforms: torch.Tensor) -> torch.Tensor:
-        """Anny's warp LBS kernel; calls are serialised (warp's CPU launches are single-threaded anyway)."""
-        with _skinning_lock:
-            return self._model.get_skinned_vertices(rest_vertices, bone_transforms)
+        """Anny's warp LBS kernel. On CPU a launch uses one core, so large batches are split over the cores (safe
+        since the kernel is built once, see ``_reuse_skinning_kernel``)."""
+        skin = self._model.get_skinned_vertices
+        workers = _skinning_pool._max_workers
+        if self.device.type != "cpu" or workers < 2 or rest_vertices.shape[0] < 8:
+            return skin(rest_vertices, bone_transforms)
+        chunks = zip(rest_vertices.chunk(workers), bone_transforms.chunk(workers))
+        return torch.cat(list(_skinning_pool.map(lambda args: skin(*args), chunks)))
 
 
 def anny_body(device: str | torch.device = "cpu") -> AnnyBody:
