@@ -21,6 +21,7 @@ import torch
 from .body.model import BodyModel
 from .body.track import EHMTrack
 from .errors import InputError
+from .paths import atomic_output
 
 CHUNK = 64  # frames per body-model forward
 
@@ -248,8 +249,6 @@ def write_ply_sequence(folder: str | os.PathLike, model: BodyModel, track: EHMTr
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")  # renamed at the end: a cancel never leaves half a file
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:  # a cancel or error never leaves half a file
+        tmp.write_bytes(data)
     return path
