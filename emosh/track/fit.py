@@ -184,9 +184,7 @@ def pose_basis(model: BodyModel) -> PoseBasis:
         rows.append((name, eye, [w] * 3, [0.0] * 3, False, 0))
     for s in "LR":
         rows.append((f"clavicle.{s}", eye, [20.0] * 3, [0.0] * 3, False, 0))
-        # prior mean: arms hanging beside the body (Anny's rest is an A-pose), so an arm the video never shows is
-        # guessed relaxed rather than held out; 0.7 rad about the forward axis brings the wrist to the hip
-        rows.append((f"upperarm01.{s}", eye, [0.2] * 3, [0.0, 0.7 if s == "L" else -0.7, 0.0], False, 0))
+        rows.append((f"upperarm01.{s}", eye, [0.2] * 3, [0.0] * 3, False, 0))
         rows.append((f"upperleg01.{s}", eye, [0.2] * 3, [0.0] * 3, False, 0))
         rows.append((f"foot.{s}", eye, [2.0] * 3, [0.0] * 3, False, 0))
         rows.append((f"wrist.{s}", eye, [1.0] * 3, [0.0] * 3, False, 0))
