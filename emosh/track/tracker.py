@@ -135,9 +135,9 @@ class WindowedTracker:
         dets, self._pending = self._pending, []
         targets = _targets(dets, self.image_size, self.model.device)
         detected = (targets.weights > 0).any(1)
-        if not detected.any():  # nothing to fit: keep a placeholder, filled by interpolation at the end
+        if not detected.any():  # nothing to fit: keep a gap state, filled by interpolation at the end
             base = self._last if self._last is not None else None
-            self._states.append(_placeholder(self.fitter, len(dets), base))
+            self._states.append(_gap_state(self.fitter, len(dets), base))
             return
         first = self._last is None
         init = self.fitter.initial_state(targets, self.shape, None if first else self._last)
@@ -209,7 +209,7 @@ def _gaussian_filter(values: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[:, 0].T.reshape(values.shape)
 
 
-def _placeholder(fitter: Fitter, frames: int, base: FitState | None) -> FitState:
+def _gap_state(fitter: Fitter, frames: int, base: FitState | None) -> FitState:
     if base is not None:
         last = base.index(slice(-1, None))
         return FitState(last.q.repeat(frames, 1, 1), last.orient.repeat(frames, 1), last.cam.repeat(frames, 1),
