@@ -136,7 +136,7 @@ class WindowedTracker:
         targets = _targets(dets, self.image_size, self.model.device)
         detected = (targets.weights > 0).any(1)
         if not detected.any():  # nothing to fit: keep a gap state, filled by interpolation at the end
-            base = self._last if self._last is not None else None
+            base = self._last
             self._states.append(_gap_state(self.fitter, len(dets), base))
             return
         first = self._last is None
