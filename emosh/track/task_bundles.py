@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..errors import MissingModelError
+from ..paths import atomic_output
 from .detect import TASK_FILES, _import_mediapipe
 
 
@@ -43,10 +44,8 @@ def _with_image_normalisation(model: bytes, name: str) -> bytes:
 def _write_bundle(models: dict[str, bytes], out: Path) -> Path:
     from mediapipe.tasks.python.metadata.metadata_writers import model_asset_bundle_utils
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    model_asset_bundle_utils.create_model_asset_bundle(models, str(tmp))
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        model_asset_bundle_utils.create_model_asset_bundle(models, str(tmp))
     return out
 
 
