@@ -409,6 +409,28 @@ def _body_state(anny) -> str:
     return _state_hash(anny._model, extra)
 
 
+def _run_concurrently(calls: list) -> list:
+    """Run each call in its own thread, all released at once; return their results in order (re-raise errors)."""
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls))
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = calls[i]()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return [results[i] for i in range(len(calls))]
+
+
 class TestBodyDeterminismAndThreads:
     def test_same_inputs_identical_outputs(self, anny):
         motion = _motion(anny, 3, seed=1)
@@ -423,23 +445,7 @@ class TestBodyDeterminismAndThreads:
         before = _body_state(anny)
         jobs = [(torch.full((6,), 0.3), _motion(anny, 9, seed=2)), (torch.full((6,), 0.7), _motion(anny, 9, seed=3))]
         sequential = [anny(shape, **motion).vertices for shape, motion in jobs]
-        results: dict[int, torch.Tensor] = {}
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(len(jobs))
-
-        def work(i: int) -> None:
-            try:
-                barrier.wait()
-                results[i] = anny(jobs[i][0], **jobs[i][1]).vertices
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        results = _run_concurrently([lambda job=job: anny(job[0], **job[1]).vertices for job in jobs])
         for i, expected in enumerate(sequential):
             assert torch.equal(results[i], expected), f"thread {i} differs from the sequential call"
         assert _body_state(anny) == before, "a forward call mutated the cached body model"
@@ -627,23 +633,8 @@ class TestRendererStreaming:
         tracks = [standing_track(anny, 4, seed=5), standing_track(anny, 4, seed=6)]
         before = _body_state(anny)
         sequential = [render_all(anny, t, ("hybrid", "keypoints"))["hybrid"] for t in tracks]
-        results: dict[int, torch.Tensor] = {}
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(2)
-
-        def work(i: int) -> None:
-            try:
-                barrier.wait()
-                results[i] = render_all(anny, tracks[i], ("hybrid", "keypoints"))["hybrid"]
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        results = _run_concurrently([lambda t=t: render_all(anny, t, ("hybrid", "keypoints"))["hybrid"]
+                                     for t in tracks])
         assert not torch.equal(sequential[0], sequential[1])
         for i in range(2):
             assert torch.equal(results[i], sequential[i]), f"thread {i} differs from the sequential render"
@@ -728,23 +719,7 @@ class TestTracker:
         detections, size = gap_detections
         other = list(reversed(detections))
         expected = [gap_tracks[0], _fit(anny, other, size)]
-        results: dict[int, EHMTrack] = {}
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(2)
-
-        def work(i: int) -> None:
-            try:
-                barrier.wait()
-                results[i] = _fit(anny, detections if i == 0 else other, size)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        results = _run_concurrently([lambda d=d: _fit(anny, d, size) for d in (detections, other)])
         for i in range(2):
             for name, value in expected[i].tensors().items():
                 assert torch.equal(value, getattr(results[i], name)), f"thread {i}: {name} differs"
