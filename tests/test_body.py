@@ -61,6 +61,22 @@ def test_matches_anny_reference_forward(anny):
     assert (ours - ref).abs().max() < 1e-4
 
 
+def test_skinning_paths_agree(anny):
+    """The sparse shared-rest path (one shape, no gradients, rest mesh cached per shape) gives the vertices of the
+    differentiable per-frame path, also when shapes alternate between calls."""
+    motion = _random_motion(anny, 5, seed=7)
+    shapes = torch.rand(2, 6, generator=torch.Generator().manual_seed(3))
+    for shape in (shapes[0], shapes[1], shapes[0]):
+        with torch.no_grad():
+            fast = anny(shape, **motion).vertices
+        per_frame = anny(shape.expand(5, 6), **motion).vertices
+        differentiable = anny(shape.clone().requires_grad_(), **motion).vertices
+        assert differentiable.requires_grad and not fast.requires_grad
+        assert (fast - per_frame).abs().max() < 1e-5
+        assert (fast - differentiable).abs().max() < 1e-5
+    assert (anny(shapes[0], **motion).vertices - anny(shapes[1], **motion).vertices).abs().max() > 0.01
+
+
 def test_shape_changes_vertices_not_motion(anny):
     motion = anny.zero_motion(1)
     short = anny(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.1, 0.5]), **motion)

@@ -8,8 +8,10 @@ World frame: metres, Z up, the body faces -Y.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import roma
@@ -44,6 +46,14 @@ def _reuse_skinning_kernel() -> None:
 
     if not hasattr(warp_skinning.get_kernel, "cache_info"):
         warp_skinning.get_kernel = functools.lru_cache(maxsize=None)(warp_skinning.get_kernel)
+
+
+@contextlib.contextmanager
+def _sparse_csr_is_fine():
+    """torch warns that sparse CSR tensors are "beta"; their products with dense matrices are all we use."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        yield
 
 
 def bone_part(bone: str) -> str:
@@ -88,6 +98,7 @@ class AnnyBody(BodyModel):
         n_face = len(self.expression_labels)
         n_pheno = self._model.blendshapes.shape[0] - n_face - 2 * len(self._model.local_change_labels)
         self._facial_blendshapes = self._model.blendshapes[n_pheno:n_pheno + n_face].reshape(n_face, -1)
+        self._build_sparse_skinning()
         # anny makes a new warp kernel object on every skinning call; two calls at once (two ComfyUI requests, two
         # threads) then race inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'").
         # One cached kernel, compiled here single-threaded, removes the race and the per-call code generation.
@@ -104,19 +115,96 @@ class AnnyBody(BodyModel):
         m = self._model
         deltas = torch.eye(4, device=self.device).repeat(b, len(self.joint_labels), 1, 1)
         deltas[:, 1:, :3, :3] = roma.rotvec_to_rotmat(pose.to(self.device))
-        no_face = torch.zeros(1, len(self.expression_labels), device=self.device)
-        no_local = torch.zeros(1, len(m.local_change_labels), device=self.device)
-        rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(phenotypes, no_local, no_face))
-        face_offsets = (expression.to(self.device) @ self._facial_blendshapes).view(b, -1, 3)
-        rest_vertices = rest["rest_vertices"] + face_offsets
+        expression = expression.to(self.device)
+        differentiable = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (shape, pose, global_orient, translation, expression))
+        shared_rest = phenotypes.shape[0] == 1 and not differentiable
+        rest = self._cached_rest(phenotypes) if shared_rest else self._rest_model(phenotypes)
         bone_transforms, bone_poses = m.get_bone_transforms(deltas, rest["rest_bone_poses"])
         # Skinning weights sum to one, so the global rigid motion can be folded into every bone transform.
         rigid = torch.eye(4, device=self.device).repeat(b, 1, 1)
         rigid[:, :3, :3] = roma.rotvec_to_rotmat(global_orient.to(self.device))
         rigid[:, :3, 3] = translation.to(self.device)
-        verts = self._skin(rest_vertices, rigid[:, None] @ bone_transforms)
+        bone_transforms = rigid[:, None] @ bone_transforms
         joints = (rigid[:, None] @ bone_poses)[..., :3, 3]
+        if shared_rest:
+            verts = self._skin_shared_rest(rest["lifted_rest"], expression, bone_transforms)
+        else:
+            face_offsets = (expression @ self._facial_blendshapes).view(b, -1, 3)
+            verts = self._skin(rest["rest_vertices"] + face_offsets, bone_transforms)
         return BodyOutput(vertices=verts, joints=joints)
+
+    def _rest_model(self, phenotypes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Anny's rest mesh and skeleton for [S, 6] phenotypes (no local changes, no facial actions)."""
+        m = self._model
+        no_face = torch.zeros(1, len(self.expression_labels), device=self.device)
+        no_local = torch.zeros(1, len(m.local_change_labels), device=self.device)
+        return m.get_rest_model(m._get_phenotype_blendshape_coefficients(phenotypes, no_local, no_face))
+
+    def _cached_rest(self, phenotypes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rest model of one shape plus its lifted skinning matrix, kept for the next call with the same shape
+        (a track has one shape: rendering and animating pose it thousands of times). Not for gradients."""
+        key = tuple(phenotypes.flatten().tolist())
+        cached = self._last_rest
+        if cached is None or cached[0] != key:
+            rest = self._rest_model(phenotypes)
+            rest["lifted_rest"] = self._lift_rest(rest["rest_vertices"][0])
+            cached = self._last_rest = (key, rest)
+        return cached[1]
+
+    def _build_sparse_skinning(self) -> None:
+        """Sparse forms of the skinning weights for :meth:`_skin_shared_rest`.
+
+        A vertex has up to 9 bone weights but only 2.5 non-zero on average. ``_rest_pairs`` lists the non-zero
+        (vertex, bone, weight) pairs in vertex order; ``_face_weights`` is the [H, J] weight matrix of the H head
+        vertices that facial actions move.
+        """
+        m = self._model
+        weights, bones = m.vertex_bone_weights, m.vertex_bone_indices.long()
+        nonzero = weights > 0
+        vertex = torch.nonzero(nonzero)[:, 0]
+        self._rest_pairs = (vertex.to(self.device), bones[nonzero].to(self.device),
+                            weights[nonzero].to(self.device, torch.float32))
+        pairs_per_vertex = nonzero.sum(1)
+        self._rest_crow = torch.cat([pairs_per_vertex.new_zeros(1), 4 * pairs_per_vertex.cumsum(0)]).to(self.device)
+        self._rest_cols = (4 * bones[nonzero][:, None] + torch.arange(4)).flatten().to(self.device)
+        moved = self._facial_blendshapes.view(len(self.expression_labels), -1, 3).abs().amax(dim=(0, 2)) > 0
+        self._face_vertices = torch.nonzero(moved)[:, 0].to(self.device)
+        self._face_blendshapes = self._facial_blendshapes.view(len(self.expression_labels), -1, 3)[:, moved]
+        dense = torch.zeros(weights.shape[0], len(self.joint_labels)).scatter_add_(1, bones, weights.float().cpu())
+        with _sparse_csr_is_fine():
+            self._face_weights = dense[moved.cpu()].to_sparse_csr().to(self.device)
+        self._last_rest: tuple[tuple[float, ...], dict[str, torch.Tensor]] | None = None
+
+    def _lift_rest(self, rest_vertices: torch.Tensor) -> torch.Tensor:
+        """The sparse [V, 4J] matrix L with L[v, 4j + c] = w_vj [x_v; 1]_c for rest vertices x [V, 3]."""
+        vertex, bone, weight = self._rest_pairs
+        homogeneous = torch.nn.functional.pad(rest_vertices, (0, 1), value=1.0)
+        values = (weight[:, None] * homogeneous[vertex]).flatten()
+        size = (rest_vertices.shape[0], 4 * len(self.joint_labels))
+        with _sparse_csr_is_fine():
+            return torch.sparse_csr_tensor(self._rest_crow, self._rest_cols, values, size, check_invariants=False)
+
+    def _skin_shared_rest(self, lifted_rest: torch.Tensor, expression: torch.Tensor,
+                          bone_transforms: torch.Tensor) -> torch.Tensor:
+        """Linear blend skinning of one rest mesh under B poses, without per-vertex blended matrices.
+
+        With x = rest vertex + facial offset f and T_bj = [R_bj | t_bj]:
+            skin_b(x) = sum_j (w_j [x; 1]) . T_bj  +  sum_j w_j R_bj f_b.
+        The first term is one sparse [V, 4J] x [4J, 3B] product (``lifted_rest``, see :meth:`_lift_rest`) shared
+        by every frame; the second is needed on the head vertices only. Forward only (no gradients).
+        """
+        b, j = bone_transforms.shape[:2]
+        transforms = bone_transforms[..., :3, :].permute(1, 3, 0, 2).reshape(4 * j, 3 * b)  # [(j, col), (b, row)]
+        skinned = (lifted_rest @ transforms).view(-1, b, 3)  # [V, B, 3]
+        offsets = torch.einsum("be,ehc->hbc", expression, self._face_blendshapes)  # [H, B, 3]
+        rotations = self._face_weights @ bone_transforms[..., :3, :3].permute(1, 0, 2, 3).reshape(j, 9 * b)
+        head = (rotations.view(-1, b, 3, 3) @ offsets[..., None])[..., 0]  # [H, B, 3]
+        skinned.index_add_(0, self._face_vertices, head)
+        vertices = skinned.new_empty(b, skinned.shape[0], 3)
+        for start in range(0, skinned.shape[0], 1024):  # blocked transpose: about 3x faster than one strided copy
+            vertices[:, start:start + 1024] = skinned[start:start + 1024].transpose(0, 1)
+        return vertices
 
     def _skin(self, rest_vertices: torch.Tensor, bone_transforms: torch.Tensor) -> torch.Tensor:
         """Anny's warp LBS kernel. On CPU a launch uses one core, so large batches are split over the cores (safe
