@@ -30,7 +30,10 @@ CONTEXT = 4  # frames of the previous window that the smoothness term sees
 VIDEO_ITERATIONS = 60
 FIRST_WINDOW_ITERATIONS = 100
 REFERENCE_ITERATIONS = 300
-FILTER_SECONDS = 0.06  # σ of the offline parameter smoothing (1.8 frames at 30 fps)
+# σ of the offline parameter smoothing: 0.06 s, and at least 1.5 frames, because the optimiser's noise is
+# independent from frame to frame whatever the frame rate (at 15 fps, 0.9 frames left half-body jitter at 0.88)
+FILTER_SECONDS = 0.06
+FILTER_MIN_FRAMES = 1.5
 
 
 class TrackingCancelled(EmoshError):
@@ -105,7 +108,9 @@ class WindowedTracker:
         self.focal = float(focal) if focal else default_focal(self.image_size)
         self.reference = reference
         # offline zero-phase smoothing of the fitted parameters (frames); removes the optimiser's per-frame noise
-        self.filter_sigma = FILTER_SECONDS * self.fps * float(smoothing) if filter_sigma is None else filter_sigma
+        if filter_sigma is None:
+            filter_sigma = max(FILTER_SECONDS * self.fps, FILTER_MIN_FRAMES) * float(smoothing)
+        self.filter_sigma = filter_sigma
         settings = FitSettings()
         w = settings.weights
         for name in ("smooth_pose", "smooth_global", "smooth_depth", "smooth_expr"):
