@@ -1,10 +1,12 @@
 """Spatial Align: put the retargeted performance where the reference person stands in the reference image.
 
 Both tracks are first expressed at the output size (cover + centre crop, the renderer's convention: the focal
-length scales, the principal point stays at the centre). At the anchor frame the retargeted body's pelvis is then
-moved, in camera space, onto the reference body's pelvis and the focal length is set to the reference's. This is
-an exact perspective placement (no 2D approximation): with the same body shape and the same pose the two renders
-coincide, and the driver's later camera motion (zoom, dolly, pan) is kept relative to the anchor frame.
+length scales, the principal point stays at the centre). At the anchor frame the retargeted body is then turned,
+in camera space, to face the camera as the reference body does (``match_orientation``: a driver filmed from below
+would otherwise lean back over the reference photo), its pelvis is moved onto the reference body's pelvis and the
+focal length is set to the reference's. This is an exact perspective placement (no 2D approximation): with the
+same body shape and the same pose the two renders coincide, and the driver's later turns and camera motion (zoom,
+dolly, pan) are kept relative to the anchor frame.
 The reference image gets the same cover + crop warp (kornia), and its person mask comes from the reference mesh.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import kornia
 import numpy as np
+import roma
 import torch
 
 from .body.model import BodyModel
@@ -61,11 +64,19 @@ def warp_image(image: np.ndarray, scale: float, offset: tuple[float, float], hei
     return (warped[0].permute(1, 2, 0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
 
 
+def camera_orientation(track: EHMTrack) -> torch.Tensor:
+    """[T, 3, 3] the body's orientation in camera coordinates."""
+    return track.cam_R @ roma.rotvec_to_rotmat(track.global_orient)
+
+
 def spatial_align(model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack, track: EHMTrack,
-                  width: int, height: int, anchor: int = 0, reference_frame: int = 0) -> AlignResult:
+                  width: int, height: int, anchor: int = 0, reference_frame: int = 0,
+                  match_orientation: bool = True) -> AlignResult:
     """Place ``track`` (usually the retargeted one) where ``reference_track`` stands, at ``width × height``.
 
     ``anchor``: frame of ``track`` that is aligned; ``reference_frame``: frame of the reference track (0 for a photo).
+    ``match_orientation``: turn the whole performance so that at the anchor the body faces the camera like the
+    reference body (off: keep the driver's view of the body, e.g. filmed from below).
     """
     if reference_image.ndim != 3 or reference_image.shape[2] != 3 or reference_image.dtype != np.uint8:
         raise InputError(f"reference image must be RGB uint8 [H, W, 3], got {reference_image.shape} "
@@ -82,11 +93,15 @@ def spatial_align(model: BodyModel, reference_image: np.ndarray, reference_track
     reference_track.check_backend(model.backend)
     ref = at_output_size(reference_track.frames(reference_frame, reference_frame + 1), height, width)
     out = at_output_size(track, height, width).to(ref.device)
+    if match_orientation:  # turn every camera about its centre by the anchor's orientation difference
+        turn = camera_orientation(ref)[0] @ camera_orientation(out)[anchor].T
+        out = out.replace(cam_R=turn @ out.cam_R, cam_t=out.cam_t @ turn.T)
     # Exact 3D placement at the anchor: same focal as the reference, pelvis at the reference pelvis.
     zoom = ref.focal[0] / out.focal[anchor]
     delta = pelvis_camera(ref)[0] - pelvis_camera(out)[anchor]
     aligned = out.replace(focal=out.focal * zoom, cam_t=out.cam_t + delta,
-                          meta={**out.meta, "align": f"anchor={anchor}, output={width}x{height}"})
+                          meta={**out.meta, "align": f"anchor={anchor}, output={width}x{height}, "
+                                                     f"match_orientation={match_orientation}"})
     scale, offset = cover_transform((image_h, image_w), height, width)
     image = warp_image(reference_image, scale, offset, height, width)
     _, _, fragments = rasterize_track(model, ref, ref.focal, (height, width))

@@ -20,6 +20,10 @@ from .errors import InputError
 FACE_PARTS = ("expression", "jaw", "eyes", "head")
 _HAND_WORDS = ("finger", "metacarpal", "wrist", "thumb", "index", "middle", "ring", "pinky")
 _HEAD_WORDS = ("neck", "head")
+_LIMB_WORDS = {
+    "arm": ("shoulder", "upperarm", "lowerarm", "elbow") + _HAND_WORDS,
+    "leg": ("upperleg", "lowerleg", "hip", "knee", "ankle", "foot", "toe"),
+}
 
 
 # ---------------------------------------------------------------------------------------------- label groups
@@ -31,6 +35,15 @@ def hand_joints(model: BodyModel) -> list[int]:
 def head_joints(model: BodyModel) -> list[int]:
     """Pose rows that turn the head relative to the torso (neck chain + head)."""
     return [i for i, name in enumerate(model.pose_labels) if any(name.lower().startswith(w) for w in _HEAD_WORDS)]
+
+
+def limb_joints(model: BodyModel, limb: str, side: str) -> list[int]:
+    """Pose rows of one arm (shoulder to fingertips) or leg (hip to toes); ``side`` is the subject's, "l" or "r"
+    (Anny names end in .L/.R, SMPL-X names start with left_/right_)."""
+    prefix = {"l": "left_", "r": "right_"}[side]
+    return [i for i, name in enumerate(model.pose_labels)
+            if (name.lower().endswith(f".{side}") or name.lower().startswith(prefix))
+            and any(word in name.lower() for word in _LIMB_WORDS[limb])]
 
 
 def eye_joints(model: BodyModel) -> list[int]:

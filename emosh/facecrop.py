@@ -18,6 +18,7 @@ from .body.camera import project
 from .body.model import BodyModel
 from .body.track import EHMTrack
 from .errors import InputError
+from .temporal import gaussian_filter
 from .track.correspondence import mesh_landmarks
 
 CHUNK = 64  # frames per body-model forward: bounds memory on long videos
@@ -50,21 +51,10 @@ def wan_face_boxes(face68: torch.Tensor, scale: float = 1.3) -> torch.Tensor:
 
 
 def smooth_boxes(boxes: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Zero-lag Gaussian smoothing over time of box centre and size (edges padded by repetition)."""
-    if sigma <= 0 or boxes.shape[0] < 2:
-        return boxes
+    """Zero-lag Gaussian smoothing over time of box centre and size."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     size = boxes[:, 2:] - boxes[:, :2]
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=boxes.dtype)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).view(1, 1, -1)
-
-    def filt(x: torch.Tensor) -> torch.Tensor:  # [T, C] → [T, C]
-        padded = torch.nn.functional.pad(x.T[:, None], (radius, radius), mode="replicate")
-        return torch.nn.functional.conv1d(padded, kernel)[:, 0].T
-
-    centre, size = filt(centre), filt(size)
+    centre, size = gaussian_filter(centre, sigma), gaussian_filter(size, sigma)
     return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
 

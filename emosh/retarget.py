@@ -1,7 +1,9 @@
 """Shape Swap / Retarget: the driver's motion performed by the reference person's body.
 
 Shape, motion and camera are separate ``EHMTrack`` fields, so the swap itself is a field copy; joint rotations are
-never changed (the reference body bends exactly like the driver). What has to adapt to the new body is where it
+never changed (the reference body bends exactly like the driver), except for limbs the driver does not show: the
+tracker can only guess those (its prior's mean: arms held out), so they take the reference's pose from its photo,
+blended in and out with the limb's smoothed visibility. What has to adapt to the new body is where it
 is: the root trajectory is scaled by the leg-length ratio (a child takes shorter steps) and every frame is shifted
 vertically so the lowest foot point stays on the driver's ground line (no floating or sinking when legs differ).
 Strengths, per-part switches and camera keyframes are the user-facing options.
@@ -14,14 +16,18 @@ from typing import Sequence
 import torch
 
 from .body.model import BodyModel
-from .body.track import EHMTrack
-from .edit import CameraKey, apply_camera_keys, expression_groups, eye_joints, hand_joints
+from .body.track import CONF_GATE, EHMTrack
+from .edit import CameraKey, apply_camera_keys, expression_groups, eye_joints, hand_joints, limb_joints, slerp_rotvec
 from .errors import InputError
+from .temporal import gaussian_filter
 
 SHAPE_SOURCES = ("reference", "driver", "blend")
 PARTS = ("body", "hands", "face", "eyes")
 _FOOT_PARTS = ("foot_l", "foot_r")
 _FORWARD_CHUNK = 64  # frames per body-model call (bounded memory on long tracks)
+# MediaPipe pose landmarks that pin a limb's pose (subject's left = odd): elbow + wrist, knee + ankle
+_LIMB_LANDMARKS = {("arm", "l"): (13, 15), ("arm", "r"): (14, 16), ("leg", "l"): (25, 27), ("leg", "r"): (26, 28)}
+_VISIBILITY_SECONDS = 0.25  # σ of the visibility smoothing: how fast an unseen limb blends to the reference pose
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,9 @@ class RetargetOptions:
     ``parts``: which parts of the driver's motion to use; a disabled part rests (neutral face, relaxed hands, rest
     body, eyes straight ahead). ``scale_trajectory``: scale the root's travel by the leg-length ratio.
     ``keep_ground``: per frame, shift the body vertically so its lowest foot point matches the driver's.
-    ``camera_keys``: zoom/pan keyframes applied to the driver's camera (see ``emosh.edit.CameraKey``)."""
+    ``camera_keys``: zoom/pan keyframes applied to the driver's camera (see ``emosh.edit.CameraKey``).
+    ``unseen_limbs_from_reference``: arms and legs the driver does not show (out of frame or hidden) take the
+    reference's pose instead of the tracker's guess."""
 
     shape: str = "reference"
     blend: float = 1.0
@@ -40,6 +48,7 @@ class RetargetOptions:
     scale_trajectory: bool = True
     keep_ground: bool = True
     camera_keys: Sequence[CameraKey] = field(default_factory=tuple)
+    unseen_limbs_from_reference: bool = True
 
     def validate(self) -> None:
         if self.shape not in SHAPE_SOURCES:
@@ -83,9 +92,34 @@ def lowest_foot(model: BodyModel, track: EHMTrack) -> torch.Tensor:
     return torch.cat(out).to(track.device)
 
 
-def _motion_parts(model: BodyModel, driving: EHMTrack, options: RetargetOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """The driver's pose and expression with strengths and disabled parts applied."""
-    pose, expression = driving.pose.clone(), driving.expression.clone()
+def limb_visibility(track: EHMTrack, landmarks: Sequence[int]) -> torch.Tensor:
+    """[T] in [0, 1]: how well the track's detections show a limb (all of ``landmarks`` seen, inside the image),
+    smoothed over time so that a limb entering or leaving the frame fades rather than pops."""
+    seen = (track.confidence[:, list(landmarks)] >= CONF_GATE).all(1)
+    if track.landmarks2d is not None:
+        points = track.landmarks2d[:, list(landmarks)]
+        height, width = track.image_size
+        inside = (points[..., 0] >= 0) & (points[..., 0] < width) & (points[..., 1] >= 0) & (points[..., 1] < height)
+        seen = seen & inside.all(1)
+    return gaussian_filter(seen.float(), _VISIBILITY_SECONDS * track.fps).clamp(0.0, 1.0)
+
+
+def fill_unseen_limbs(model: BodyModel, driving: EHMTrack, reference: EHMTrack) -> torch.Tensor:
+    """The driver's pose with each limb slerped towards the reference's pose as the driver stops showing it."""
+    pose = driving.pose.clone()
+    reference_pose = reference.pose[0].to(pose)
+    for (limb, side), landmarks in _LIMB_LANDMARKS.items():
+        rows = limb_joints(model, limb, side)
+        shown = limb_visibility(driving, landmarks).to(pose)[:, None]
+        blended = slerp_rotvec(reference_pose[rows].expand_as(pose[:, rows]), pose[:, rows], shown)
+        pose[:, rows] = torch.where(shown[..., None] < 1.0, blended, pose[:, rows])  # seen frames stay exact
+    return pose
+
+
+def _motion_parts(model: BodyModel, driving: EHMTrack, pose: torch.Tensor,
+                  options: RetargetOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The driver's ``pose`` and expression with strengths and disabled parts applied."""
+    pose, expression = pose.clone(), driving.expression.clone()
     hands, eyes = hand_joints(model), eye_joints(model)
     groups = expression_groups(model)
     face_rows = groups["expression"] + groups["jaw"]
@@ -119,7 +153,8 @@ def retarget(model: BodyModel, driving: EHMTrack, reference: EHMTrack, options: 
     driving.check_backend(model.backend)
     reference.check_backend(model.backend)
     shape = target_shape(driving, reference, options)
-    pose, expression = _motion_parts(model, driving, options)
+    pose = fill_unseen_limbs(model, driving, reference) if options.unseen_limbs_from_reference else driving.pose
+    pose, expression = _motion_parts(model, driving, pose, options)
     translation = driving.translation.clone()
     if options.scale_trajectory:
         ratio = (leg_length(model, shape) / leg_length(model, driving.shape)).to(translation)
@@ -140,4 +175,5 @@ def _describe(options: RetargetOptions) -> str:
     return (f"shape={options.shape}" + (f"({options.blend})" if options.shape == "blend" else "")
             + f", expression x{options.expression_strength}, hands x{options.hand_strength}"
             + f", parts={'+'.join(options.parts)}, scale_trajectory={options.scale_trajectory}"
-            + f", keep_ground={options.keep_ground}, camera_keys={len(options.camera_keys)}")
+            + f", keep_ground={options.keep_ground}, camera_keys={len(options.camera_keys)}"
+            + f", unseen_limbs_from_reference={options.unseen_limbs_from_reference}")

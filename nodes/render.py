@@ -47,17 +47,23 @@ class ShapeSwapRetarget:
             "keep_ground": ("BOOLEAN", {"default": True,
                                         "tooltip": "Keep the lowest foot on the driver's ground line (no floating "
                                                    "or sinking when leg lengths differ)."}),
+        }, "optional": {
+            "unseen_limbs_from_reference": ("BOOLEAN", {
+                "default": True,
+                "tooltip": "Arms and legs the driver does not show (out of frame, e.g. a talking head) take the "
+                           "reference photo's pose instead of the tracker's guess (arms held out)."}),
         }}
 
     def retarget(self, body_model, driving_track, reference_track, shape: str, blend: float,
                  expression_strength: float, hand_strength: float, body: bool, hands: bool, face: bool, eyes: bool,
-                 scale_trajectory: bool, keep_ground: bool):
+                 scale_trajectory: bool, keep_ground: bool, unseen_limbs_from_reference: bool | None = None):
         retarget = lib("retarget")
         chosen = {"body": body, "hands": hands, "face": face, "eyes": eyes}
         parts = tuple(part for part, on in chosen.items() if on)
         options = retarget.RetargetOptions(shape=shape, blend=blend, expression_strength=expression_strength,
                                            hand_strength=hand_strength, parts=parts,
-                                           scale_trajectory=scale_trajectory, keep_ground=keep_ground)
+                                           scale_trajectory=scale_trajectory, keep_ground=keep_ground,
+                                           unseen_limbs_from_reference=unseen_limbs_from_reference is not False)
         return (retarget.retarget(body_model, driving_track, reference_track, options).to("cpu"),)
 
 
@@ -89,13 +95,19 @@ class SpatialAlign:
             "anchor_frame": ("INT", {"default": 0, "min": 0, "max": 1000000,
                                      "tooltip": "Frame of the motion that is placed exactly on the reference pose "
                                                 "(usually the first)."}),
+        }, "optional": {
+            "match_orientation": ("BOOLEAN", {
+                "default": True,
+                "tooltip": "At the anchor frame the body faces the camera like the reference person (later turns "
+                           "are relative). Off: keep the driver's view of the body, e.g. filmed from below."}),
         }}
 
     def align(self, body_model, reference_image: torch.Tensor, reference_track, track, width: int, height: int,
-              anchor_frame: int):
+              anchor_frame: int, match_orientation: bool | None = None):
         check_image(reference_image, "reference_image")
         aligned = lib("align").spatial_align(body_model, image_to_uint8(reference_image[:1])[0], reference_track,
-                                             track, width=width, height=height, anchor=anchor_frame)
+                                             track, width=width, height=height, anchor=anchor_frame,
+                                             match_orientation=match_orientation is not False)
         return (aligned.track.to("cpu"), uint8_to_image(aligned.reference_image),
                 mask_from_float(aligned.reference_mask[None]))
 

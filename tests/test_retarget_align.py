@@ -112,3 +112,51 @@ def test_cli_retarget_and_render(tmp_path, anny, pair, capsys):
     frames = read_frames(tmp_path / "hybrid.mp4")
     assert len(frames) == 6 and frames[0].shape == (160, 128, 3)
     assert frames[0].mean() < 250  # a body was drawn on the white background
+
+
+def test_unseen_limbs_take_the_reference_pose(anny, pair):
+    """A driver whose left arm leaves the frame: while unseen that arm takes the reference's pose, fading over
+    a few frames; the seen right arm keeps the driver's rotations exactly; the option switches it off."""
+    from emosh.edit import limb_joints
+
+    driver, reference = pair
+    frames = 60
+    driver = driver.frames(0, 1).replace(**{k: v.repeat(frames, *([1] * (v.dim() - 1))) for k, v in dict(
+        pose=driver.pose[:1], global_orient=driver.global_orient[:1], translation=driver.translation[:1],
+        expression=driver.expression[:1], focal=driver.focal[:1], cam_R=driver.cam_R[:1], cam_t=driver.cam_t[:1],
+        confidence=driver.confidence[:1], detected=driver.detected[:1]).items()})
+    confidence = driver.confidence.clone()
+    confidence[30:, [13, 15]] = 0.0  # left elbow + wrist gone from frame 30 on
+    driver = driver.replace(confidence=confidence)
+    left, right = limb_joints(anny, "arm", "l"), limb_joints(anny, "arm", "r")
+    reference = reference.replace(pose=reference.pose.clone())
+    reference.pose[0, left, 2] += 0.8  # the reference holds its left arm differently
+    out = retarget(anny, driver, reference)
+    assert torch.equal(out.pose[:, right], driver.pose[:, right])
+    assert torch.equal(out.pose[:10, left], driver.pose[:10, left])  # seen, beyond the fade
+    assert torch.allclose(out.pose[50:, left], reference.pose[0, left].expand(10, -1, -1), atol=1e-5)
+    step = (out.pose[1:, left] - out.pose[:-1, left]).norm(dim=-1).amax()
+    assert step < 0.8 / 3  # faded in over several frames, no pop
+    kept = retarget(anny, driver, reference, unseen_limbs_from_reference=False)
+    assert torch.equal(kept.pose, driver.pose)
+
+
+def test_align_turns_the_body_to_face_like_the_reference(anny):
+    """At the anchor the aligned body has the reference's orientation in camera space; later frames keep the
+    driver's turns relative to it; without matching, the driver's view is kept."""
+    import roma
+
+    from emosh.align import camera_orientation
+
+    reference = dance_track(anny, torch.tensor(SHAPES["slim_adult"]), 1, height=160, width=120)
+    moving = dance_track(anny, torch.tensor(SHAPES["slim_adult"]), 4, height=160, width=120)
+    tilt = torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.2, 0.0], [0.4, 0.1, 0.3], [0.3, 0.0, 0.0]])  # seen from below
+    moving = moving.replace(global_orient=roma.rotvec_composition([tilt, moving.global_orient]))
+    image = np.zeros((160, 120, 3), np.uint8)
+    turned = spatial_align(anny, image, reference, moving, width=120, height=160, anchor=1).track
+    ref_view, before, after = camera_orientation(reference)[0], camera_orientation(moving), camera_orientation(turned)
+    assert torch.allclose(after[1], ref_view, atol=1e-5)
+    assert torch.allclose(after[1].T @ after, before[1].T @ before, atol=1e-5)  # relative turns kept
+    assert roma.rotmat_geodesic_distance(before[1], ref_view) > 0.3
+    kept = spatial_align(anny, image, reference, moving, width=120, height=160, anchor=1, match_orientation=False)
+    assert torch.allclose(camera_orientation(kept.track), before, atol=1e-6)

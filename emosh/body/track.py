@@ -29,6 +29,7 @@ LANDMARK_GROUPS: dict[str, tuple[int, int]] = {
     "face": (75, 553),
 }
 NUM_LANDMARKS = 553
+CONF_GATE = 0.3  # a landmark counts as seen from this confidence on (the tracker fits only those)
 
 _PER_FRAME = ("pose", "global_orient", "translation", "expression", "focal", "cam_R", "cam_t", "confidence",
               "detected")

@@ -32,6 +32,11 @@ def register(subparsers) -> None:
     r.add_argument("--width", type=int, help="with --align-image: output width (default: reference image width)")
     r.add_argument("--height", type=int, help="with --align-image: output height")
     r.add_argument("--anchor", type=int, default=0, help="with --align-image: frame aligned to the reference")
+    r.add_argument("--keep-driver-orientation", action="store_true",
+                   help="with --align-image: keep the driver's view of the body instead of turning it to face the "
+                        "camera like the reference at the anchor frame")
+    r.add_argument("--driver-unseen-limbs", action="store_true",
+                   help="keep the tracker's guess for limbs the driver does not show (default: the reference's pose)")
     r.add_argument("--aligned-image-out", help="with --align-image: write the aligned reference image here (PNG)")
     r.add_argument("--device", default="cpu")
     r.set_defaults(func=run_retarget)
@@ -64,7 +69,8 @@ def run_retarget(args: argparse.Namespace) -> int:
                               hand_strength=args.hand_strength,
                               parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
                               scale_trajectory=not args.no_scale_trajectory, keep_ground=not args.no_keep_ground,
-                              camera_keys=parse_camera_keys(args.camera_keys.replace(";", "\n")))
+                              camera_keys=parse_camera_keys(args.camera_keys.replace(";", "\n")),
+                              unseen_limbs_from_reference=not args.driver_unseen_limbs)
     out = retarget(model, driving, reference, options)
     summary = {"frames": out.num_frames, "out": str(args.out), "shape": options.shape}
     if args.align_image:
@@ -74,7 +80,8 @@ def run_retarget(args: argparse.Namespace) -> int:
         image = read_image(args.align_image)
         height = args.height or image.shape[0]
         width = args.width or image.shape[1]
-        aligned = spatial_align(model, image, reference, out, width=width, height=height, anchor=args.anchor)
+        aligned = spatial_align(model, image, reference, out, width=width, height=height, anchor=args.anchor,
+                                match_orientation=not args.keep_driver_orientation)
         out = aligned.track
         summary.update(width=width, height=height, anchor=args.anchor)
         if args.aligned_image_out:

@@ -33,7 +33,6 @@ FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
              176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
 # Body points used to place the body before it is posed: face, shoulders, hips.
 TORSO_POINTS = list(range(0, 13)) + [23, 24]
-CONF_GATE = 0.3
 
 
 # ---------------------------------------------------------------------------------------------- landmark skinning

@@ -20,10 +20,11 @@ import torch
 
 from ..body.camera import default_focal
 from ..body.model import BodyModel
-from ..body.track import EHMTrack
+from ..body.track import CONF_GATE, EHMTrack
 from ..errors import EmoshError, InputError, NoPersonError
+from ..temporal import gaussian_filter
 from .detect import FrameDetection
-from .fit import CONF_GATE, Fitter, FitSettings, FitState, Targets
+from .fit import Fitter, FitSettings, FitState, Targets
 
 DEFAULT_WINDOW = 32
 CONTEXT = 4  # frames of the previous window that the smoothness term sees
@@ -180,9 +181,9 @@ class WindowedTracker:
         motion = {k: _interpolate(v, det_dev) for k, v in self.fitter.motion(state).items()}
         if self.filter_sigma > 0 and state.q.shape[0] > 2:
             rotations = roma.rotvec_to_rotmat(motion["global_orient"])  # smoothed as matrices: no axis-angle wrap
-            motion = {k: _gaussian_filter(v, self.filter_sigma) for k, v in motion.items()}
+            motion = {k: gaussian_filter(v, self.filter_sigma) for k, v in motion.items()}
             motion["global_orient"] = roma.rotmat_to_rotvec(roma.special_procrustes(
-                _gaussian_filter(rotations, self.filter_sigma)))
+                gaussian_filter(rotations, self.filter_sigma)))
         t = state.q.shape[0]
         cam_R = self.fitter.cam_R.expand(t, 3, 3).contiguous()
         info = {"source": "emosh.track", "reference": str(self.reference), "focal_px": f"{self.focal:.2f}",
@@ -196,22 +197,6 @@ class WindowedTracker:
             focal=torch.full((t,), self.focal, device=dev), cam_R=cam_R.float(), cam_t=torch.zeros(t, 3, device=dev),
             confidence=conf.to(dev), detected=det_dev, image_size=self.image_size, fps=self.fps,
             landmarks2d=torch.from_numpy(np.stack(self._landmarks)).to(dev), meta=info)
-
-
-def _gaussian_filter(values: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Zero-phase Gaussian smoothing over frames (dim 0), edges reflected."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = values.shape[0]
-    x = torch.arange(-radius, radius + 1, device=values.device, dtype=values.dtype)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    flat = values.reshape(t, -1).T[:, None]  # [C, 1, T]
-    pad = min(radius, t - 1)
-    flat = torch.nn.functional.pad(flat, (pad, pad), mode="reflect")
-    if pad < radius:
-        flat = torch.nn.functional.pad(flat, (radius - pad, radius - pad), mode="replicate")
-    out = torch.nn.functional.conv1d(flat, kernel.view(1, 1, -1))
-    return out[:, 0].T.reshape(values.shape)
 
 
 def _gap_state(fitter: Fitter, frames: int, base: FitState | None) -> FitState:
