@@ -125,13 +125,35 @@ def test_cli_tracks_the_astronaut_photo(anny, astronaut_path, tmp_path, capsys):
 
 
 def test_carphone_frames_track_with_bounded_error(anny, carphone_path):
-    from emosh.track.tracker import reprojection_error_pct, track_file
+    """A talking head seen close up (176x144): every frame stays on the face. With a full-body step size the
+    optimiser threw single frames off by up to 180 % of the box (29 % after smoothing spread them)."""
+    from emosh.track.tracker import fitted_landmarks2d, landmark_errors_pct, reprojection_error_pct, track_file
 
-    track = track_file(carphone_path, anny, max_frames=10)
-    assert track.num_frames == 10
+    track = track_file(carphone_path, anny, max_frames=48)
+    assert track.num_frames == 48
     assert float(track.detected.float().mean()) >= 0.9
     assert (track.confidence[:, 75:] > 0).float().mean() > 0.8  # the face is seen
-    assert reprojection_error_pct(track, anny) < 3.0
+    fitted = fitted_landmarks2d(track, anny)
+    assert reprojection_error_pct(track, anny, fitted) < 2.0
+    per_frame = landmark_errors_pct(fitted, track.landmarks2d, track.confidence, track.image_size).nanmedian(1).values
+    assert float(per_frame.max()) < 4.0, per_frame
+
+
+def test_smoothing_does_not_lag_a_sudden_move(anny):
+    """Detections jump sideways by 60 px mid-clip: the smoothed track follows within 3 % of the box on every frame
+    (plain Gaussian smoothing of the fit lagged the jump by up to 8 %)."""
+    import dataclasses
+
+    from emosh.bench.tracker import synthetic_sequence
+    from emosh.track.tracker import fitted_landmarks2d, landmark_errors_pct
+
+    dets, truth = synthetic_sequence(anny, 32, seed=5)
+    for k in range(16, 32):
+        dets[k] = dataclasses.replace(dets[k], landmarks=dets[k].landmarks + np.array([60.0, 0.0], np.float32))
+    track = _fit(anny, dets, truth, window=16)
+    errors = landmark_errors_pct(fitted_landmarks2d(track, anny), track.landmarks2d, track.confidence,
+                                 track.image_size).nanmedian(1).values
+    assert float(errors.max()) < 3.0, errors
 
 
 def test_close_up_dance_is_smoother_than_its_detections(anny, shared_real):

@@ -299,7 +299,8 @@ class FitWeights:
 class FitSettings:
     iterations: int = 60  # Adam steps per window, split over the three stages
     stage_split: tuple[float, float, float] = (0.25, 0.35, 0.4)
-    lr: float = 0.04
+    lr: float = 0.04  # for a full body; scaled down with the box's metric height (see Fitter._step_scale)
+    full_body_m: float = 1.7
     weights: FitWeights = field(default_factory=FitWeights)
 
 
@@ -479,7 +480,8 @@ class Fitter:
         n1, n2 = (int(round(iterations * f)) for f in s.stage_split[:2])
         stages = [(n1, ["orient", "cam"], torso), (n2, ["orient", "cam", "q"], no_hands),
                   (iterations - n1 - n2, ["orient", "cam", "q", "expr"], None)]
-        lrs = {"q": s.lr, "orient": s.lr, "cam": s.lr * 0.5, "expr": s.lr * 1.5}
+        lr = s.lr * self._step_scale(targets, init)
+        lrs = {"q": lr, "orient": lr, "cam": lr * 0.5, "expr": lr * 1.5}
         for steps, names, mask in stages:
             if steps <= 0:
                 continue
@@ -512,6 +514,13 @@ class Fitter:
                         shape_p.clamp_(0.0, 1.0)
         out = FitState(params["q"], params["orient"], params["cam"], params["expr"]).detach()
         return out, shape_p.detach()
+
+    def _step_scale(self, targets: Targets, init: FitState) -> float:
+        """Learning-rate factor for people seen close up: Adam moves every parameter by about lr per step whatever
+        its gradient, and the error is in % of the person's box, so a head-and-shoulders box (0.3 m) sees a step
+        5x larger than a full body does; on a talking head one step then threw the face off by half the frame."""
+        metres = targets.box * init.cam[:, 2].exp() / self.focal  # box height at the person's depth
+        return float((metres.median() / self.settings.full_body_m).clamp(0.2, 1.0))
 
     def _priors(self, state: FitState, targets: Targets, finger: torch.Tensor, fit_shape: bool,
                 shape: torch.Tensor, names: list[str]) -> torch.Tensor:
