@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .body.model import BodyModel
-from .body.track import CONF_GATE, EHMTrack
+from .body.track import CONF_GATE, EHMTrack, seen_landmarks
 from .edit import CameraKey, apply_camera_keys, expression_groups, eye_joints, hand_joints, limb_joints, slerp_rotvec
 from .errors import InputError
 from .temporal import gaussian_filter
@@ -95,12 +95,11 @@ def lowest_foot(model: BodyModel, track: EHMTrack) -> torch.Tensor:
 def limb_visibility(track: EHMTrack, landmarks: Sequence[int]) -> torch.Tensor:
     """[T] in [0, 1]: how well the track's detections show a limb (all of ``landmarks`` seen, inside the image),
     smoothed over time so that a limb entering or leaving the frame fades rather than pops."""
-    seen = (track.confidence[:, list(landmarks)] >= CONF_GATE).all(1)
-    if track.landmarks2d is not None:
-        points = track.landmarks2d[:, list(landmarks)]
-        height, width = track.image_size
-        inside = (points[..., 0] >= 0) & (points[..., 0] < width) & (points[..., 1] >= 0) & (points[..., 1] < height)
-        seen = seen & inside.all(1)
+    rows = list(landmarks)
+    if track.landmarks2d is None:  # e.g. an edited track: confidences only
+        seen = (track.confidence[:, rows] >= CONF_GATE).all(1)
+    else:
+        seen = seen_landmarks(track.landmarks2d[:, rows], track.confidence[:, rows], track.image_size).all(1)
     return gaussian_filter(seen.float(), _VISIBILITY_SECONDS * track.fps).clamp(0.0, 1.0)
 
 

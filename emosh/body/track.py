@@ -31,6 +31,14 @@ LANDMARK_GROUPS: dict[str, tuple[int, int]] = {
 NUM_LANDMARKS = 553
 CONF_GATE = 0.3  # a landmark counts as seen from this confidence on (the tracker fits only those)
 
+
+def seen_landmarks(landmarks, confidence, image_size: tuple[int, int]):
+    """Boolean [..., N]: landmarks detected confidently and inside the image (MediaPipe also guesses off-screen body
+    points, which nothing should trust). ``landmarks`` [..., N, 2] px; numpy arrays or tensors alike."""
+    h, w = image_size
+    x, y = landmarks[..., 0], landmarks[..., 1]
+    return (confidence >= CONF_GATE) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+
 _PER_FRAME = ("pose", "global_orient", "translation", "expression", "focal", "cam_R", "cam_t", "confidence",
               "detected")
 _OPTIONAL = ("landmarks2d",)

@@ -20,7 +20,7 @@ import torch
 
 from ..body.camera import default_focal
 from ..body.model import BodyModel
-from ..body.track import CONF_GATE, EHMTrack
+from ..body.track import CONF_GATE, EHMTrack, seen_landmarks
 from ..errors import EmoshError, InputError, NoPersonError
 from ..edit import slerp_rotvec
 from ..temporal import gaussian_filter
@@ -45,9 +45,7 @@ class TrackingCancelled(EmoshError):
 
 def person_box_height(landmarks: np.ndarray, confidence: np.ndarray, image_size: tuple[int, int]) -> float:
     """Height (px) of the box around the confidently seen landmarks inside the image; 0 when nothing is seen."""
-    h, w = image_size
-    ok = (confidence >= CONF_GATE) & (landmarks[:, 0] >= 0) & (landmarks[:, 0] < w) & (landmarks[:, 1] >= 0) \
-        & (landmarks[:, 1] < h)
+    ok = seen_landmarks(landmarks, confidence, image_size)
     if ok.sum() < 2:
         return 0.0
     ys = landmarks[ok, 1]
@@ -55,16 +53,14 @@ def person_box_height(landmarks: np.ndarray, confidence: np.ndarray, image_size:
 
 
 def _targets(dets: list[FrameDetection], image_size: tuple[int, int], device: torch.device) -> Targets:
-    h, w = image_size
     lm = np.stack([d.landmarks for d in dets]).astype(np.float32)
     conf = np.stack([d.confidence for d in dets]).astype(np.float32)
-    inside = (lm[..., 0] >= 0) & (lm[..., 0] < w) & (lm[..., 1] >= 0) & (lm[..., 1] < h)
-    weights = np.where((conf >= CONF_GATE) & inside, conf, 0.0).astype(np.float32)
+    weights = np.where(seen_landmarks(lm, conf, image_size), conf, 0.0).astype(np.float32)
     box = np.array([person_box_height(a, c, image_size) for a, c in zip(lm, conf)], np.float32)
     seen = box > 0
-    fallback = float(np.median(box[seen])) if seen.any() else float(h)
+    fallback = float(np.median(box[seen])) if seen.any() else float(image_size[0])
     # a steady box keeps the loss scale constant across frames; a floor guards tiny partial detections
-    box = np.full_like(box, max(fallback, 0.1 * h))
+    box = np.full_like(box, max(fallback, 0.1 * image_size[0]))
     blend = None
     if any(d.blendshapes is not None for d in dets):
         blend = np.stack([d.blendshapes if d.blendshapes is not None else np.full(52, np.nan, np.float32)
@@ -352,11 +348,8 @@ def fitted_landmarks2d(track: EHMTrack, model: BodyModel, chunk: int = 64) -> to
 def landmark_errors_pct(fitted: torch.Tensor, detected: torch.Tensor, confidence: torch.Tensor,
                         image_size: tuple[int, int]) -> torch.Tensor:
     """[T, N] distance between fitted and detected landmarks in % of each frame's person box height; NaN where a
-    point is not confidently seen inside the image (MediaPipe also guesses off-screen body points; the fit ignores
-    those) or the frame shows no person."""
-    h, w = image_size
-    seen = (confidence >= CONF_GATE) & (detected[..., 0] >= 0) & (detected[..., 0] < w) & (detected[..., 1] >= 0) \
-        & (detected[..., 1] < h)
+    point is not seen (:func:`seen_landmarks`) or the frame shows no person."""
+    seen = seen_landmarks(detected, confidence, image_size)
     box = torch.tensor([person_box_height(a, c, image_size) for a, c in
                         zip(detected.cpu().numpy(), confidence.cpu().numpy())], device=fitted.device)
     errors = (fitted - detected).norm(dim=-1) / box.clamp(min=1e-6)[:, None] * 100.0
