@@ -156,8 +156,8 @@ class AnnyBody(BodyModel):
         """Sparse forms of the skinning weights for :meth:`_skin_shared_rest`.
 
         A vertex has up to 9 bone weights but only 2.5 non-zero on average. ``_rest_pairs`` lists the non-zero
-        (vertex, bone, weight) pairs in vertex order; ``_face_weights`` is the [H, J] weight matrix of the H head
-        vertices that facial actions move.
+        (vertex, bone, weight) pairs in vertex order; ``_face_weights`` is the dense weight matrix of the H head
+        vertices that facial actions move over the few bones (``_face_bones``) that hold them.
         """
         m = self._model
         weights, bones = m.vertex_bone_weights, m.vertex_bone_indices.long()
@@ -172,8 +172,9 @@ class AnnyBody(BodyModel):
         self._face_vertices = torch.nonzero(moved)[:, 0].to(self.device)
         self._face_blendshapes = self._facial_blendshapes.view(len(self.expression_labels), -1, 3)[:, moved]
         dense = torch.zeros(weights.shape[0], len(self.joint_labels)).scatter_add_(1, bones, weights.float().cpu())
-        with _sparse_csr_is_fine():
-            self._face_weights = dense[moved.cpu()].to_sparse_csr().to(self.device)
+        face_weights = dense[moved.cpu()]
+        self._face_bones = torch.nonzero(face_weights.sum(0) > 0)[:, 0].to(self.device)  # 14 of the 104
+        self._face_weights = face_weights[:, self._face_bones.cpu()].to(self.device)
         self._last_rest: tuple[tuple[float, ...], dict[str, torch.Tensor]] | None = None
 
     def _lift_rest(self, rest_vertices: torch.Tensor) -> torch.Tensor:
@@ -198,7 +199,8 @@ class AnnyBody(BodyModel):
         transforms = bone_transforms[..., :3, :].permute(1, 3, 0, 2).reshape(4 * j, 3 * b)  # [(j, col), (b, row)]
         skinned = (lifted_rest @ transforms).view(-1, b, 3)  # [V, B, 3]
         offsets = torch.einsum("be,ehc->hbc", expression, self._face_blendshapes)  # [H, B, 3]
-        rotations = self._face_weights @ bone_transforms[..., :3, :3].permute(1, 0, 2, 3).reshape(j, 9 * b)
+        face_bones = bone_transforms[:, self._face_bones, :3, :3].permute(1, 0, 2, 3).reshape(-1, 9 * b)
+        rotations = self._face_weights @ face_bones  # [H, (B, 3, 3)] blended rotations
         head = (rotations.view(-1, b, 3, 3) @ offsets[..., None])[..., 0]  # [H, B, 3]
         skinned.index_add_(0, self._face_vertices, head)
         vertices = skinned.new_empty(b, skinned.shape[0], 3)
