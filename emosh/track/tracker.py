@@ -159,34 +159,23 @@ class WindowedTracker:
         joined = tail[0] if len(tail) == 1 else tail[0].cat(tail[1])
         return joined.index(slice(-CONTEXT, None))
 
-    def _smooth(self, motion: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _smooth(self, track: EHMTrack) -> EHMTrack:
         """Zero-phase Gaussian smoothing of the fitted parameters (the optimiser's per-frame noise), undone on the
         frames where it pulls the fitted landmarks off the detections, i.e. fast moves that a filter lags (a lunge
         at the camera in the half-body clip went from 5 % to 29 % of the box)."""
+        motion = track.motion()
         rotations = roma.rotvec_to_rotmat(motion["global_orient"])  # smoothed as matrices: no axis-angle wrap
         smooth = {k: gaussian_filter(v, self.filter_sigma) for k, v in motion.items()}
         smooth["global_orient"] = roma.rotmat_to_rotvec(roma.special_procrustes(
             gaussian_filter(rotations, self.filter_sigma)))
-        cost = self._landmark_error(smooth) - self._landmark_error(motion)
+        smoothed = track.replace(**smooth)
+        cost = _median_error(smoothed, self.model) - _median_error(track, self.model)
         low, high = LAG_GATE
         keep = torch.nan_to_num((cost - low) / (high - low)).clamp(0.0, 1.0)  # 1 = the unsmoothed fit
         out = {k: torch.lerp(smooth[k], motion[k], keep[:, None]) for k in ("translation", "expression")}
         out["pose"] = slerp_rotvec(smooth["pose"], motion["pose"], keep[:, None])
         out["global_orient"] = slerp_rotvec(smooth["global_orient"], motion["global_orient"], keep)
-        return out
-
-    def _landmark_error(self, motion: dict[str, torch.Tensor], chunk: int = 64) -> torch.Tensor:
-        """[T] median distance between the fitted and detected landmarks per frame, % of the box (NaN: none seen)."""
-        fitted = []
-        with torch.no_grad():
-            rest = self.fitter.body.rest(self.shape)
-            for a in range(0, len(self._landmarks), chunk):
-                part = {k: v[a:a + chunk] for k, v in motion.items()}
-                fitted.append(self.fitter.project(self.fitter.body.landmarks(rest, **part)))
-        fitted = torch.cat(fitted)
-        errors = landmark_errors_pct(fitted, torch.from_numpy(np.stack(self._landmarks)).to(fitted),
-                                     torch.from_numpy(np.stack(self._confidence)).to(fitted), self.image_size)
-        return errors.nanmedian(dim=1).values
+        return track.replace(**out)
 
     def finish(self, meta: dict[str, str] | None = None) -> EHMTrack:
         if self._pending:
@@ -205,22 +194,18 @@ class WindowedTracker:
         dev = state.q.device
         det_dev = detected.to(dev)
         # frames without detections: straight lines between their detected neighbours (held at the ends)
-        motion = {k: _interpolate(v, det_dev) for k, v in self.fitter.motion(state).items()}
-        if self.filter_sigma > 0 and state.q.shape[0] > 2:
-            motion = self._smooth(motion)
+        motion = {k: _interpolate(v, det_dev).detach().float() for k, v in self.fitter.motion(state).items()}
         t = state.q.shape[0]
         cam_R = self.fitter.cam_R.expand(t, 3, 3).contiguous()
         info = {"source": "emosh.track", "reference": str(self.reference), "focal_px": f"{self.focal:.2f}",
                 "max_people": str(max(self._people))}
         info.update(meta or {})
-        return EHMTrack(
-            backend=self.model.backend, backend_version=self.model.version,
-            shape=self.shape.detach().float(), pose=motion["pose"].detach().float(),
-            global_orient=motion["global_orient"].detach().float(),
-            translation=motion["translation"].detach().float(), expression=motion["expression"].detach().float(),
-            focal=torch.full((t,), self.focal, device=dev), cam_R=cam_R.float(), cam_t=torch.zeros(t, 3, device=dev),
-            confidence=conf.to(dev), detected=det_dev, image_size=self.image_size, fps=self.fps,
-            landmarks2d=torch.from_numpy(np.stack(self._landmarks)).to(dev), meta=info)
+        track = EHMTrack(
+            backend=self.model.backend, backend_version=self.model.version, shape=self.shape.detach().float(),
+            **motion, focal=torch.full((t,), self.focal, device=dev), cam_R=cam_R.float(),
+            cam_t=torch.zeros(t, 3, device=dev), confidence=conf.to(dev), detected=det_dev, image_size=self.image_size,
+            fps=self.fps, landmarks2d=torch.from_numpy(np.stack(self._landmarks)).to(dev), meta=info)
+        return self._smooth(track) if self.filter_sigma > 0 and t > 2 else track
 
 
 def _gap_state(fitter: Fitter, frames: int, base: FitState | None) -> FitState:
@@ -354,6 +339,13 @@ def landmark_errors_pct(fitted: torch.Tensor, detected: torch.Tensor, confidence
                         zip(detected.cpu().numpy(), confidence.cpu().numpy())], device=fitted.device)
     errors = (fitted - detected).norm(dim=-1) / box.clamp(min=1e-6)[:, None] * 100.0
     return errors.masked_fill(~seen | (box[:, None] <= 0), float("nan"))
+
+
+def _median_error(track: EHMTrack, model: BodyModel) -> torch.Tensor:
+    """[T] per-frame median of :func:`landmark_errors_pct` (NaN where nothing is seen)."""
+    errors = landmark_errors_pct(fitted_landmarks2d(track, model), track.landmarks2d, track.confidence,
+                                 track.image_size)
+    return errors.nanmedian(dim=1).values
 
 
 def reprojection_error_pct(track: EHMTrack, model: BodyModel, fitted: torch.Tensor | None = None) -> float:
