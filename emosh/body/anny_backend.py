@@ -8,7 +8,6 @@ World frame: metres, Z up, the body faces -Y.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import warnings
@@ -46,14 +45,6 @@ def _reuse_skinning_kernel() -> None:
 
     if not hasattr(warp_skinning.get_kernel, "cache_info"):
         warp_skinning.get_kernel = functools.lru_cache(maxsize=None)(warp_skinning.get_kernel)
-
-
-@contextlib.contextmanager
-def _sparse_csr_is_fine():
-    """torch warns that sparse CSR tensors are "beta"; their products with dense matrices are all we use."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-        yield
 
 
 def bone_part(bone: str) -> str:
@@ -159,6 +150,8 @@ class AnnyBody(BodyModel):
         (vertex, bone, weight) pairs in vertex order; ``_face_weights`` is the dense weight matrix of the H head
         vertices that facial actions move over the few bones (``_face_bones``) that hold them.
         """
+        from anny.skinning.skinning import dense_bone_weights  # deferred like every anny import
+
         m = self._model
         weights, bones = m.vertex_bone_weights, m.vertex_bone_indices.long()
         nonzero = weights > 0
@@ -168,11 +161,11 @@ class AnnyBody(BodyModel):
         pairs_per_vertex = nonzero.sum(1)
         self._rest_crow = torch.cat([pairs_per_vertex.new_zeros(1), 4 * pairs_per_vertex.cumsum(0)]).to(self.device)
         self._rest_cols = (4 * bones[nonzero][:, None] + torch.arange(4)).flatten().to(self.device)
-        moved = self._facial_blendshapes.view(len(self.expression_labels), -1, 3).abs().amax(dim=(0, 2)) > 0
+        facial = self._facial_blendshapes.view(len(self.expression_labels), -1, 3)
+        moved = facial.abs().amax(dim=(0, 2)) > 0
         self._face_vertices = torch.nonzero(moved)[:, 0].to(self.device)
-        self._face_blendshapes = self._facial_blendshapes.view(len(self.expression_labels), -1, 3)[:, moved]
-        dense = torch.zeros(weights.shape[0], len(self.joint_labels)).scatter_add_(1, bones, weights.float().cpu())
-        face_weights = dense[moved.cpu()]
+        self._face_blendshapes = facial[:, moved]
+        face_weights = dense_bone_weights(weights[moved].float(), bones[moved], len(self.joint_labels)).cpu()
         self._face_bones = torch.nonzero(face_weights.sum(0) > 0)[:, 0].to(self.device)  # 14 of the 104
         self._face_weights = face_weights[:, self._face_bones.cpu()].to(self.device)
         self._last_rest: tuple[tuple[float, ...], dict[str, torch.Tensor]] | None = None
@@ -183,7 +176,8 @@ class AnnyBody(BodyModel):
         homogeneous = torch.nn.functional.pad(rest_vertices, (0, 1), value=1.0)
         values = (weight[:, None] * homogeneous[vertex]).flatten()
         size = (rest_vertices.shape[0], 4 * len(self.joint_labels))
-        with _sparse_csr_is_fine():
+        with warnings.catch_warnings():  # torch calls sparse CSR "beta"; products with dense matrices are all we use
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
             return torch.sparse_csr_tensor(self._rest_crow, self._rest_cols, values, size, check_invariants=False)
 
     def _skin_shared_rest(self, lifted_rest: torch.Tensor, expression: torch.Tensor,

@@ -47,6 +47,8 @@ class LandmarkBody:
     """
 
     def __init__(self, model: BodyModel, table: LandmarkTable | None = None):
+        from anny.skinning.skinning import dense_bone_weights  # deferred like every anny import
+
         if model.backend != "anny":
             raise ValueError("the tracker fits the Anny body model; load_body_model('anny')")
         self.model = model
@@ -61,10 +63,9 @@ class LandmarkBody:
         self.surface_bary = self.table.bary[surf].to(dev)
         self.joint_index = torch.nonzero(self.table.is_joint).squeeze(1)
         n_joints = len(model.joint_labels)
-        dense = torch.zeros(self.vertex_ids.numel(), n_joints, device=dev)
-        dense.scatter_add_(1, m.vertex_bone_indices[self.vertex_ids].to(dev).long(),
-                           m.vertex_bone_weights[self.vertex_ids].to(dev, torch.float32))
-        self.skin_weights = dense  # [M, J]
+        self.skin_weights = dense_bone_weights(  # [M, J]
+            m.vertex_bone_weights[self.vertex_ids].to(dev, torch.float32),
+            m.vertex_bone_indices[self.vertex_ids].to(dev).long(), n_joints)
         n_face = len(model.expression_labels)
         self.facial = model._facial_blendshapes.view(n_face, -1, 3)[:, self.vertex_ids.to(dev)].to(torch.float32)
         self.parents = torch.tensor(model.joint_parents, device=dev)
