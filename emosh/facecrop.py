@@ -59,10 +59,14 @@ def smooth_boxes(boxes: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def crop_resize(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """The box of ``frame`` stretched to size×size (sub-pixel box corners, bilinear like Wan's cv2.resize)."""
+    """The box of ``frame`` stretched to size×size (sub-pixel box corners, bilinear like Wan's cv2.resize).
+
+    Pixel-centre convention, as cv2.resize: output pixel u samples x = x1 + (u + 0.5) / sx - 0.5, so a box on whole
+    pixels gives exactly ``cv2.resize(frame[y1:y2, x1:x2], (size, size))``.
+    """
     x1, y1, x2, y2 = [float(v) for v in box]
     sx, sy = size / max(x2 - x1, 1.0), size / max(y2 - y1, 1.0)
-    matrix = np.array([[sx, 0.0, -x1 * sx], [0.0, sy, -y1 * sy]], dtype=np.float64)
+    matrix = np.array([[sx, 0.0, sx * (0.5 - x1) - 0.5], [0.0, sy, sy * (0.5 - y1) - 0.5]], dtype=np.float64)
     return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=(0, 0, 0))
 

@@ -168,3 +168,24 @@ def test_close_up_dance_is_smoother_than_its_detections(anny, shared_real):
     fitted = fitted_landmarks2d(track, anny)
     assert jitter_ratio(track, fitted) <= 0.6
     assert reprojection_error_pct(track, anny, fitted) <= 1.5
+
+
+
+def test_reference_silhouette_gives_a_heavy_person_her_girth(anny, shared_real):
+    """Landmarks fix height and proportions, not girth: on a real plus-size photo the landmarks-only fit stays near
+    the average body; the silhouette term makes her heavy and covers more of her person mask."""
+    from emosh.bench.tracker import mesh_mask, person_mask
+    from emosh.track.silhouette import mask_scores
+    from emosh.track.tracker import track_file
+    from emosh.video import read_image
+
+    path = shared_real / "photo_plus_size_woman_1.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not present in {shared_real}")
+    person = person_mask(read_image(path))
+    weight = anny.shape_labels.index("weight")
+    fits = {sil: track_file(path, anny, silhouette=sil) for sil in (False, True)}
+    scores = {sil: mask_scores(mesh_mask(anny, t), person) for sil, t in fits.items()}
+    assert float(fits[True].shape[weight]) > float(fits[False].shape[weight]) + 0.15, fits
+    assert scores[True]["coverage"] > scores[False]["coverage"] + 0.05, scores
+    assert scores[True]["precision"] > 0.93, scores  # it grows inside her outline, not past it

@@ -9,6 +9,8 @@ real: the real dance videos in ../shared/data/real (skipped when absent) → rep
   jitter_ratio (mean |2nd difference| of fitted 2D landmarks ÷ the same for raw detections, over points seen in
   three consecutive frames).
 fps: end-to-end (decode + detect + fit) on a real video resized to 512 px.
+real_photos: every photo in ../shared/data/real, reference mode → silhouette_iou / precision / coverage of the
+  fitted mesh against MediaPipe's selfie segmentation (not the mask the fitter uses), beside the landmarks-only fit.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import roma
 import torch
 
 from ..body import load_body_model
-from ..body.camera import default_focal, project, view_rotation
+from ..body.camera import default_focal, project, project_camera_points, to_camera, view_rotation
 from ..body.model import BodyModel
 from ..body.track import NUM_LANDMARKS, EHMTrack
 from ..track.correspondence import mesh_landmarks
@@ -53,8 +55,10 @@ def _smooth_keys(keys: np.ndarray, frames: int, every: int) -> np.ndarray:
 
 def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tuple[int, int] = (512, 512),
                        noise_pct: float = 1.0, drop: float = 0.1,
-                       every: int = 16) -> tuple[list[FrameDetection], dict]:
-    """Random plausible motion of one random body seen by the tracker's camera; returns (detections, truth)."""
+                       every: int = 16, shape: torch.Tensor | None = None,
+                       with_mask: bool = False) -> tuple[list[FrameDetection], dict]:
+    """Random plausible motion of one random body (or of ``shape``) seen by the tracker's camera; returns
+    (detections, truth). ``with_mask``: each detection carries the body's rendered silhouette as its person mask."""
     rng = np.random.default_rng(seed)
     basis = pose_basis(model)
     labels = [model.pose_labels[i] for i in basis.pose_index.tolist()]
@@ -94,7 +98,8 @@ def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tup
         expr[k, active] = rng.uniform(0.1, 0.8, size=4)
     depth = rng.uniform(2.3, 3.0)
     cam_xy = rng.normal(0, 0.04, (n_keys, 2)).astype(np.float32)
-    shape = torch.tensor(rng.uniform(0.25, 0.75, len(model.shape_labels)), dtype=torch.float32)
+    random_shape = torch.tensor(rng.uniform(0.25, 0.75, len(model.shape_labels)), dtype=torch.float32)
+    shape = random_shape if shape is None else shape.float()
     dev = model.device
     qt = torch.from_numpy(_smooth_keys(q, frames, every)).to(dev)
     truth = dict(
@@ -114,6 +119,14 @@ def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tup
         uv = project(pts3, torch.full((frames,), focal, device=dev), cam_R.expand(frames, 3, 3),
                      torch.zeros(frames, 3, device=dev), image_size)
     truth.update(focal=focal, image_size=image_size, joints=body.joints, landmarks2d=uv)
+    masks = [None] * frames
+    if with_mask:
+        from ..render.raster import rasterize
+
+        cam = body.vertices @ cam_R.T
+        pix = project_camera_points(cam, torch.full((frames,), focal, device=dev), image_size)
+        frags = rasterize(torch.cat([pix, cam[..., 2:]], -1), model.faces, image_size, cull_backfaces=True)
+        masks = list(frags.mask.float().cpu().numpy())
     dets = []
     h, w = image_size
     for t in range(frames):
@@ -125,7 +138,7 @@ def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tup
         cam_pts = (pts3[t] @ cam_R.T).cpu().numpy()[:33]
         world = cam_pts - 0.5 * (cam_pts[23] + cam_pts[24]) + rng.normal(0, 0.02, (33, 3))
         dets.append(FrameDetection(noisy.astype(np.float32) * conf[:, None], conf, world.astype(np.float32),
-                                   num_people=1))
+                                   num_people=1, mask=masks[t]))
     return dets, truth
 
 
@@ -208,17 +221,76 @@ def real_video(model: BodyModel, path: Path, max_frames: int | None) -> dict:
                 jitter_ratio=round(jitter_ratio(track, fitted), 3), fps=round(track.num_frames / seconds, 2))
 
 
+PHOTO_PATTERNS = ("photo_*", "ref_*")
+
+
+def mesh_mask(model: BodyModel, track: EHMTrack) -> np.ndarray:
+    """[H, W] bool: pixels the fitted mesh covers in the track's first frame."""
+    from ..render.raster import rasterize
+
+    with torch.no_grad():
+        first = track.frames(0, 1)
+        out = model(first.shape, **first.motion())
+        cam = to_camera(out.vertices, first.cam_R, first.cam_t)
+        pix = project_camera_points(cam, first.focal, first.image_size)
+        frags = rasterize(torch.cat([pix, cam[..., 2:]], -1), model.faces, first.image_size, cull_backfaces=True)
+    return frags.mask[0].cpu().numpy()
+
+
+def person_mask(image: np.ndarray) -> np.ndarray:
+    """[H, W] bool person segmentation from MediaPipe's selfie segmenter: a network the fitter never sees (it
+    fits the pose model's own mask), so the scores below are not the quantity it optimised."""
+    from ..track.detect import _import_mediapipe
+
+    mp = _import_mediapipe()
+    with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
+        return seg.process(np.ascontiguousarray(image)).segmentation_mask >= 0.5
+
+
+def real_photos(model: BodyModel, paths: list[Path]) -> dict:
+    """Per photo: silhouette IoU / precision / coverage against the person segmentation and the fitted
+    phenotypes, for the full fit and for the landmarks-only baseline (no silhouette term)."""
+    from ..track.silhouette import mask_scores
+    from ..track.tracker import track_file
+    from ..video import read_image
+
+    out: dict = {}
+    for path in paths:
+        person = person_mask(read_image(path))
+        row: dict = {}
+        for key, silhouette in (("fit", True), ("landmarks_only", False)):
+            track = track_file(path, model, silhouette=silhouette)
+            scores = {k: round(v, 3) for k, v in mask_scores(mesh_mask(model, track), person).items()}
+            scores["phenotypes"] = {k: round(float(v), 2) for k, v in zip(model.shape_labels, track.shape.tolist())}
+            row[key] = scores
+        out[path.stem] = row
+    if out:
+        for key in ("fit", "landmarks_only"):
+            out[f"mean_{key}"] = {m: round(float(np.mean([r[key][m] for r in out.values() if key in r])), 3)
+                                  for m in ("silhouette_iou", "precision", "coverage")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emosh.bench tracker", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON result line")
     parser.add_argument("--frames", type=int, default=64, help="synthetic frames")
     parser.add_argument("--real-frames", type=int, default=150, help="frames per real video (0 = all)")
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--photos-only", action="store_true", help="only the real-photo silhouette scores")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = load_body_model("anny", args.device)
     result: dict = {"device": str(args.device), "torch_threads": torch.get_num_threads()}
+    if REAL_DIR.is_dir() and not args.skip_real:
+        photos = sorted(p for pattern in PHOTO_PATTERNS for p in REAL_DIR.glob(pattern))
+        result["real_photos"] = real_photos(model, photos)
+        if not args.json:
+            print("real_photos", result["real_photos"], flush=True)
+    if args.photos_only:
+        emit(result)
+        return 0
     result["fit_synthetic"] = fit_synthetic(model, frames=args.frames)
     if not args.json:
         print("fit_synthetic", result["fit_synthetic"], flush=True)

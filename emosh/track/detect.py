@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import cv2
 import numpy as np
 
 from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS
@@ -76,6 +77,7 @@ class FrameDetection:
     world_body: np.ndarray | None = None  # [33, 3] metric landmarks (m, hip-centred) from the pose model
     blendshapes: np.ndarray | None = None  # [52] ARKit scores in Anny's facial_action_labels order (tasks + face)
     num_people: int = 0  # people the detector saw in this frame (the tracked one included)
+    mask: np.ndarray | None = None  # [H, W] float32 person probability (still photos only: it shapes the body)
 
     @classmethod
     def empty(cls, num_people: int = 0) -> "FrameDetection":
@@ -94,7 +96,11 @@ class FrameDetection:
     def scaled(self, sx: float, sy: float) -> "FrameDetection":
         """The same detection with pixel coordinates multiplied by (sx, sy) (unseen points stay at zero)."""
         landmarks = self.landmarks * np.array([sx, sy], np.float32)
-        return FrameDetection(landmarks, self.confidence, self.world_body, self.blendshapes, self.num_people)
+        mask = None
+        if self.mask is not None:
+            h, w = self.mask.shape
+            mask = cv2.resize(self.mask, (max(round(w * sx), 1), max(round(h * sy), 1)), interpolation=cv2.INTER_LINEAR)
+        return FrameDetection(landmarks, self.confidence, self.world_body, self.blendshapes, self.num_people, mask)
 
 
 def _import_mediapipe():
@@ -247,7 +253,7 @@ class _HolisticBackend:
         self._static = static_image
         self._holistic = mp.solutions.holistic.Holistic(
             static_image_mode=static_image, model_complexity=1, refine_face_landmarks=True,
-            smooth_landmarks=not static_image)
+            smooth_landmarks=not static_image, enable_segmentation=static_image)
         self._counter = _PeopleCounter()
         self._target: np.ndarray | None = None  # tracked person: (face centre x, y, face width) px
         self._lost = 0
@@ -284,6 +290,10 @@ class _HolisticBackend:
             sub = np.ascontiguousarray(image[y0:y1, x0:x1])
             self._blank_others(sub, faces, crop)
             det = self._run(sub, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)))
+            if det.mask is not None:  # the crop's mask, placed in the whole frame
+                full = np.zeros((h, w), np.float32)
+                full[y0:y1, x0:x1] = det.mask
+                det.mask = full
         if counted:
             self._people = sum(not _below_shoulders(f, det) for f in faces)
         det.num_people = max(self._people, int(det.found))
@@ -359,6 +369,8 @@ class _HolisticBackend:
             if found is not None:
                 det.landmarks[group] = _points(found.landmark, box)
                 det.confidence[group] = 1.0
+        if getattr(result, "segmentation_mask", None) is not None and det.found:
+            det.mask = np.asarray(result.segmentation_mask, np.float32)
         return det
 
 
@@ -380,7 +392,8 @@ class _TasksBackend:
             face_path = None
             warnings.warn(f"No face landmarks or blendshapes from the tasks backend: {exc}", stacklevel=3)
         self._pose = vision.PoseLandmarker.create_from_options(vision.PoseLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(pose_path)), running_mode=mode, num_poses=_MAX_PEOPLE))
+            base_options=BaseOptions(model_asset_path=str(pose_path)), running_mode=mode, num_poses=_MAX_PEOPLE,
+            output_segmentation_masks=static_image))
         self._hand = vision.HandLandmarker.create_from_options(vision.HandLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(hand_path)), running_mode=mode,
             num_hands=2 * _MAX_PEOPLE))
@@ -428,6 +441,8 @@ class _TasksBackend:
             det.landmarks[BODY], det.confidence[BODY] = people[chosen]
             det.world_body = _world(pose.pose_world_landmarks[chosen]) if pose.pose_world_landmarks else None
             person_box = boxes[chosen]
+            if pose.segmentation_masks:
+                det.mask = np.asarray(pose.segmentation_masks[chosen].numpy_view(), np.float32).reshape(h, w)
         self._assign_hands(det, hands, box, person_box)
         _check_hands(det)
         if faces is not None and faces.face_landmarks:

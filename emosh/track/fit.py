@@ -24,6 +24,7 @@ from ..body.camera import view_rotation
 from ..body.model import BodyModel
 from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS
 from .correspondence import LandmarkTable, landmark_table
+from .silhouette import MASK_THRESHOLD, Silhouette
 
 BODY = slice(*LANDMARK_GROUPS["body"])
 HANDS = slice(LANDMARK_GROUPS["left_hand"][0], LANDMARK_GROUPS["right_hand"][1])
@@ -290,6 +291,8 @@ class FitWeights:
     expr_prior: float = 0.3
     blendshape_prior: float = 2.0
     shape_prior: float = 0.5
+    silhouette_outside: float = 10.0  # mesh past the person mask (see track/silhouette.py)
+    silhouette_cover: float = 20.0  # person pixels far from the mesh (capped: loose clothes)
     smooth_pose: float = 20.0
     smooth_global: float = 40.0
     smooth_depth: float = 200.0
@@ -300,6 +303,7 @@ class FitWeights:
 class FitSettings:
     iterations: int = 60  # Adam steps per window, split over the three stages
     stage_split: tuple[float, float, float] = (0.25, 0.35, 0.4)
+    silhouette_iterations: int = 100  # extra shape stage when a person mask is given (still photos)
     lr: float = 0.04  # for a full body; scaled down with the box's metric height (see Fitter._step_scale)
     full_body_m: float = 1.7
     weights: FitWeights = field(default_factory=FitWeights)
@@ -328,13 +332,15 @@ class FitState:
 @dataclass
 class Targets:
     """Detections of a window: landmarks [T, 553, 2] px, weights [T, 553] (confidence, gated), box [T] px
-    (person box height), blendshapes [T, E] or None, world_body [T, 33, 3] or None (NaN where missing)."""
+    (person box height), blendshapes [T, E] or None, world_body [T, 33, 3] or None (NaN where missing), mask
+    [T, H, W] person probability or None (its silhouette shapes the body when the shape is fitted)."""
 
     landmarks: torch.Tensor
     weights: torch.Tensor
     box: torch.Tensor
     blendshapes: torch.Tensor | None = None
     world_body: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
 
 class Fitter:
@@ -481,12 +487,15 @@ class Fitter:
         n1, n2 = (int(round(iterations * f)) for f in s.stage_split[:2])
         stages = [(n1, ["orient", "cam"], torso), (n2, ["orient", "cam", "q"], no_hands),
                   (iterations - n1 - n2, ["orient", "cam", "q", "expr"], None)]
+        silhouettes = self._silhouettes(targets) if fit_shape else []
+        if silhouettes:  # girth from the outline, once the pose sits on the landmarks
+            stages.append((s.silhouette_iterations, ["orient", "cam", "q", "silhouette"], None))
         lr = s.lr * self._step_scale(targets, init)
         lrs = {"q": lr, "orient": lr, "cam": lr * 0.5, "expr": lr * 1.5}
         for steps, names, mask in stages:
             if steps <= 0:
                 continue
-            groups = [{"params": [params[n]], "lr": lrs[n]} for n in names]
+            groups = [{"params": [params[n]], "lr": lrs[n]} for n in names if n in params]
             if fit_shape:
                 groups.append({"params": [shape_p], "lr": s.lr * 0.5})
             opt = torch.optim.Adam(groups)
@@ -505,6 +514,8 @@ class Fitter:
                 data = (w * rho).sum() / err.shape[0]
                 loss = data + self._priors(state, targets, finger, fit_shape, shape_p, names)
                 loss = loss + self._smoothness(state, context, names)
+                if "silhouette" in names:
+                    loss = loss + self._silhouette_loss(silhouettes, shape_p, state)
                 loss.backward()
                 if "q" in names and "expr" not in names:
                     params["q"].grad[:, finger] = 0.0  # fingers wait for the hand stage
@@ -515,6 +526,24 @@ class Fitter:
                         shape_p.clamp_(0.0, 1.0)
         out = FitState(params["q"], params["orient"], params["cam"], params["expr"]).detach()
         return out, shape_p.detach()
+
+    def _silhouettes(self, targets: Targets) -> list[tuple[int, Silhouette]]:
+        """(frame, silhouette) for every frame with a non-empty person mask."""
+        if targets.mask is None:
+            return []
+        return [(k, Silhouette(targets.mask[k], float(targets.box[k]))) for k in range(targets.mask.shape[0])
+                if bool((targets.mask[k] >= MASK_THRESHOLD).any())]
+
+    def _silhouette_loss(self, silhouettes: list[tuple[int, Silhouette]], shape: torch.Tensor,
+                         state: FitState) -> torch.Tensor:
+        wts = self.settings.weights
+        frames = [k for k, _ in silhouettes]
+        motion = {name: v[frames] for name, v in self.motion(state).items()}
+        verts2d = self.project(self.model(shape, **motion).vertices)  # [F, V, 2]
+        loss = verts2d.new_zeros(())
+        for (_, sil), v in zip(silhouettes, verts2d):
+            loss = loss + wts.silhouette_outside * sil.outside(v) + wts.silhouette_cover * sil.uncovered(v)
+        return loss / len(silhouettes)
 
     def _step_scale(self, targets: Targets, init: FitState) -> float:
         """Learning-rate factor for people seen close up: Adam moves every parameter by about lr per step whatever

@@ -69,8 +69,11 @@ def _targets(dets: list[FrameDetection], image_size: tuple[int, int], device: to
     if any(d.world_body is not None for d in dets):
         world = np.stack([d.world_body if d.world_body is not None else np.full((33, 3), np.nan, np.float32)
                           for d in dets]).astype(np.float32)
+    mask = None
+    if all(d.mask is not None and d.mask.shape == tuple(image_size) for d in dets):
+        mask = np.stack([d.mask for d in dets]).astype(np.float32)
     as_t = lambda a: None if a is None else torch.from_numpy(a).to(device)  # noqa: E731
-    return Targets(as_t(lm), as_t(weights), as_t(box), as_t(blend), as_t(world))
+    return Targets(as_t(lm), as_t(weights), as_t(box), as_t(blend), as_t(world), as_t(mask))
 
 
 def _interpolate(values: torch.Tensor, detected: torch.Tensor) -> torch.Tensor:
@@ -100,7 +103,8 @@ class WindowedTracker:
     def __init__(self, model: BodyModel, image_size: tuple[int, int], *, fps: float, focal: float | None = None,
                  reference: bool = False, iterations: int | None = None, smoothing: float = 1.0,
                  window: int = DEFAULT_WINDOW, shape: torch.Tensor | None = None,
-                 first_window_iterations: int | None = None, filter_sigma: float | None = None):
+                 first_window_iterations: int | None = None, filter_sigma: float | None = None,
+                 silhouette: bool = True):
         self.model = model
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.fps = float(fps)
@@ -111,6 +115,8 @@ class WindowedTracker:
             filter_sigma = max(FILTER_SECONDS * self.fps, FILTER_MIN_FRAMES) * float(smoothing)
         self.filter_sigma = filter_sigma
         settings = FitSettings()
+        if not silhouette:  # landmarks alone (the bench's baseline for the silhouette term)
+            settings.silhouette_iterations = 0
         w = settings.weights
         for name in ("smooth_pose", "smooth_global", "smooth_depth", "smooth_expr"):
             setattr(w, name, getattr(w, name) * float(smoothing))
@@ -224,12 +230,14 @@ def track_frames(frames: Iterable[np.ndarray], body_model: BodyModel, *, referen
                  fps: float = 25.0, focal: float | None = None, iterations: int | None = None,
                  smoothing: float = 1.0, window: int = DEFAULT_WINDOW, backend: str = "auto",
                  model_dir: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None,
-                 cancel: Callable[[], bool | None] | None = None, meta: dict[str, str] | None = None) -> EHMTrack:
+                 cancel: Callable[[], bool | None] | None = None, meta: dict[str, str] | None = None,
+                 silhouette: bool = True) -> EHMTrack:
     """Track one person through RGB uint8 frames (an iterator is consumed once, frame by frame).
 
     ``reference``: a single photo (static detection, many iterations, shape optimised). ``focal`` in pixels
     (default: a 50° field of view). ``smoothing`` scales every temporal term. ``progress(frames_done)``;
-    ``cancel()`` returning True (or raising) stops the work.
+    ``cancel()`` returning True (or raising) stops the work. ``silhouette``: in reference mode, fit the body's
+    girth to the detector's person mask as well as the landmarks.
     Decoding + detection run in a background thread while windows are fitted, so both CPU cores work.
     """
     from .detect import Detector
@@ -244,7 +252,8 @@ def track_frames(frames: Iterable[np.ndarray], body_model: BodyModel, *, referen
                 raise TrackingCancelled("Tracking was cancelled")
             if tracker is None:
                 tracker = WindowedTracker(body_model, size, fps=fps, focal=focal, reference=reference,
-                                          iterations=iterations, smoothing=smoothing, window=window)
+                                          iterations=iterations, smoothing=smoothing, window=window,
+                                          silhouette=silhouette)
             tracker.push(det)
             count += 1
             if progress is not None:
