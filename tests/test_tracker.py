@@ -189,3 +189,16 @@ def test_reference_silhouette_gives_a_heavy_person_her_girth(anny, shared_real):
     assert float(fits[True].shape[weight]) > float(fits[False].shape[weight]) + 0.15, fits
     assert scores[True]["coverage"] > scores[False]["coverage"] + 0.05, scores
     assert scores[True]["precision"] > 0.93, scores  # it grows inside her outline, not past it
+
+
+def test_expression_correlation_scores_a_silent_fit_zero():
+    import torch
+
+    from emosh.bench.tracker import expression_correlation
+
+    truth = torch.zeros(40, 52)
+    truth[:, 3] = torch.linspace(0, 1, 40)
+    truth[:, 7] = torch.sin(torch.arange(40.0)).clamp(min=0)
+    assert expression_correlation(truth, truth) > 0.999
+    assert expression_correlation(torch.zeros_like(truth), truth) == 0.0
+    assert expression_correlation(-truth, truth) < -0.999
