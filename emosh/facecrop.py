@@ -2,8 +2,9 @@
 
 Wan-Animate was trained on crops made by ``get_face_bboxes`` (pose-drawing.md §2.5): the box of the 68 iBUG face
 points, widened by √1.3 (more room above the brows than below the chin), stretched to 512×512. We use the same box
-rule on the *fitted* face (the tracked mesh's landmarks, projected with the track's camera), then smooth the box over
-time: raw per-frame detector boxes jitter, and a jittering crop reads to the face encoder as head motion.
+rule on the *detected* face where the track holds its detections (Wan's crops come from its detector too; the fitted
+face is a few % narrower), on the fitted face in frames without one, then smooth the box over time: raw per-frame
+boxes jitter, and a jittering crop reads to the face encoder as head motion.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from . import keypoints as kp
 from .body.camera import project
 from .body.model import BodyModel
-from .body.track import EHMTrack
+from .body.track import LANDMARK_GROUPS, EHMTrack, seen_landmarks
 from .errors import InputError
 from .temporal import gaussian_filter
 from .track.correspondence import mesh_landmarks
@@ -35,6 +36,17 @@ def tracked_landmarks_2d(model: BodyModel, track: EHMTrack, chunk: int = CHUNK) 
             points = mesh_landmarks(model, body)
             out.append(project(points, part.focal, part.cam_R, part.cam_t, track.image_size).cpu())
     return torch.cat(out)
+
+
+def face_landmarks_2d(model: BodyModel, track: EHMTrack) -> torch.Tensor:
+    """[T, 553, 2]: the detected landmarks in frames where the whole face was detected, else the fitted ones."""
+    fitted = tracked_landmarks_2d(model, track)
+    if track.landmarks2d is None:
+        return fitted
+    detected = track.landmarks2d.cpu().to(fitted)
+    face = slice(*LANDMARK_GROUPS["face"])
+    seen = seen_landmarks(detected, track.confidence.cpu(), track.image_size)[:, face].all(1)
+    return torch.where(seen[:, None, None], detected, fitted)
 
 
 def wan_face_boxes(face68: torch.Tensor, scale: float = 1.3) -> torch.Tensor:
@@ -84,7 +96,7 @@ def face_crops(frames: np.ndarray, track: EHMTrack, model: BodyModel, size: int 
     if frames.shape[0] != track.num_frames:
         raise InputError(f"{frames.shape[0]} frames were given for a track of {track.num_frames} frames; connect the "
                          f"same video the track was made from")
-    landmarks = tracked_landmarks_2d(model, track)
+    landmarks = face_landmarks_2d(model, track)
     visible = torch.ones(landmarks.shape[:2], dtype=torch.bool)
     face68, _ = kp.to_face68(landmarks, visible)
     th, tw = track.image_size

@@ -232,3 +232,22 @@ def test_face_crops_follow_the_tracked_face_and_are_stable(anny):
     assert np.diff(centres(boxes), axis=0).std() < 0.7 * np.diff(centres(raw_boxes), axis=0).std()
     with pytest.raises(InputError, match="frames"):
         facecrop.face_crops(frames[:3], track, anny)
+
+
+def test_face_crops_use_the_detected_face_where_there_is_one(anny):
+    frames_n = 4
+    track = make_track(anny, frames=frames_n, size=(360, 480))
+    track = track.replace(global_orient=torch.zeros(frames_n, 3), pose=torch.zeros_like(track.pose))
+    fitted = facecrop.tracked_landmarks_2d(anny, track)
+    face = slice(75, None)
+    centre = fitted[:, face].mean(1, keepdim=True)
+    detected = fitted.clone()
+    detected[:, face] = centre + 1.2 * (fitted[:, face] - centre)  # the detector sees a 20 % wider face
+    confidence = torch.ones(frames_n, fitted.shape[1])
+    confidence[2, face] = 0.0  # no face detected in frame 2
+    track = track.replace(landmarks2d=detected, confidence=confidence)
+    frames = np.zeros((frames_n, 360, 480, 3), np.uint8)
+    _, boxes = facecrop.face_crops(frames, track, anny, size=64, smoothing=0.0)
+    _, fitted_boxes = facecrop.face_crops(frames, track.replace(landmarks2d=None), anny, size=64, smoothing=0.0)
+    ratio = (boxes[:, 2] - boxes[:, 0]) / (fitted_boxes[:, 2] - fitted_boxes[:, 0])
+    assert np.allclose(ratio[[0, 1, 3]], 1.2, atol=0.02) and abs(ratio[2] - 1.0) < 1e-4, ratio
