@@ -202,3 +202,18 @@ def test_expression_correlation_scores_a_silent_fit_zero():
     assert expression_correlation(truth, truth) > 0.999
     assert expression_correlation(torch.zeros_like(truth), truth) == 0.0
     assert expression_correlation(-truth, truth) < -0.999
+
+
+def test_fitted_facial_actions_follow_a_real_laughing_face(anny, shared_real):
+    """Jaw, blinks and smile against the detector's raw face geometry (not a quantity the fit is scored on)."""
+    from emosh.bench.tracker import face_correlations
+    from emosh.track.tracker import track_file
+
+    path = shared_real / "video_laughing_woman_dancing_hands.mp4"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not present in {shared_real}")
+    corr = face_correlations(track_file(path, anny, long_side=512, max_frames=65), anny.expression_labels)
+    assert corr["face_frames"] >= 40, corr
+    assert corr["jaw_vs_lip_gap"] >= 0.8, corr  # 0.31 before the face-frame expression term
+    assert min(corr["blink_left_vs_eye_opening"], corr["blink_right_vs_eye_opening"]) >= 0.75, corr
+    assert corr["smile_vs_mouth_width"] >= 0.7, corr

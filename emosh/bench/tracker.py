@@ -13,6 +13,7 @@ real: the real dance videos in ../shared/data/real (skipped when absent) → rep
 fps: end-to-end (decode + detect + fit) on a real video resized to 512 px.
 real_photos: every photo in ../shared/data/real, reference mode → silhouette_iou / precision / coverage of the
   fitted mesh against MediaPipe's selfie segmentation (not the mask the fitter uses), beside the landmarks-only fit.
+real_faces: talking / laughing clips → correlation of fitted facial actions with raw detected face geometry.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from ..body.track import NUM_LANDMARKS, EHMTrack
 from ..track.correspondence import mesh_landmarks
 from ..track.detect import FrameDetection
 from ..track.fit import LandmarkBody, pose_basis
-from ..track.tracker import WindowedTracker, fitted_landmarks2d, person_box_height, reprojection_error_pct
+from ..track.tracker import (WindowedTracker, fitted_landmarks2d, person_box_height, reprojection_error_pct,
+                             track_file)
 from .common import emit, peak_rss_mb
 
 REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
@@ -227,8 +229,6 @@ def jitter_ratio(track: EHMTrack, fitted2d: torch.Tensor) -> float:
 
 
 def real_video(model: BodyModel, path: Path, max_frames: int | None) -> dict:
-    from ..track.tracker import track_file
-
     start = time.perf_counter()
     track = track_file(path, model, max_frames=max_frames, long_side=512)
     seconds = time.perf_counter() - start
@@ -239,6 +239,26 @@ def real_video(model: BodyModel, path: Path, max_frames: int | None) -> dict:
 
 
 PHOTO_PATTERNS = ("photo_*", "ref_*")
+FACE_CLIPS = ("video_talking_gestures_man_1.mp4", "video_laughing_woman_dancing_hands.mp4")
+
+
+def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
+    """Correlation of fitted facial actions with raw detected face geometry, over frames with a detected face:
+    jawOpen with the inner-lip gap, each eye's blink with minus that eye's lid opening, the summed smiles with the
+    mouth width (distances divided by the detected face height, forehead 10 to chin 152)."""
+    face = 75  # first face point in the landmark layout
+    lm = track.landmarks2d.cpu().numpy()
+    ok = (track.confidence[:, face:].cpu().numpy() > 0).all(1)
+    dist = lambda a, b: np.linalg.norm(lm[ok, face + a] - lm[ok, face + b], axis=1)  # noqa: E731
+    height = dist(10, 152)
+    e = track.expression.cpu().numpy()[ok]
+    act = lambda name: e[:, labels.index(name)]  # noqa: E731
+    corr = lambda a, b: round(float(np.corrcoef(a, b)[0, 1]), 3)  # noqa: E731
+    return dict(jaw_vs_lip_gap=corr(act("jawOpen"), dist(13, 14) / height),
+                blink_left_vs_eye_opening=corr(act("eyeBlinkLeft"), -dist(386, 374) / height),
+                blink_right_vs_eye_opening=corr(act("eyeBlinkRight"), -dist(159, 145) / height),
+                smile_vs_mouth_width=corr(act("mouthSmileLeft") + act("mouthSmileRight"), dist(61, 291) / height),
+                face_frames=int(ok.sum()))
 
 
 def mesh_mask(model: BodyModel, track: EHMTrack) -> np.ndarray:
@@ -268,7 +288,6 @@ def real_photos(model: BodyModel, paths: list[Path]) -> dict:
     """Per photo: silhouette IoU / precision / coverage against the person segmentation and the fitted
     phenotypes, for the full fit and for the landmarks-only baseline (no silhouette term)."""
     from ..track.silhouette import mask_scores
-    from ..track.tracker import track_file
     from ..video import read_image
 
     out: dict = {}
@@ -294,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=64, help="synthetic frames")
     parser.add_argument("--real-frames", type=int, default=150, help="frames per real video (0 = all)")
     parser.add_argument("--skip-real", action="store_true")
-    parser.add_argument("--photos-only", action="store_true", help="only the real-photo silhouette scores")
+    parser.add_argument("--photos-only", action="store_true", help="only the real photos and face clips")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -305,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
         result["real_photos"] = real_photos(model, photos)
         if not args.json:
             print("real_photos", result["real_photos"], flush=True)
+        result["real_faces"] = {}
+        for name in FACE_CLIPS:
+            if (REAL_DIR / name).is_file():
+                track = track_file(REAL_DIR / name, model, long_side=512, max_frames=120)
+                result["real_faces"][Path(name).stem] = face_correlations(track, model.expression_labels)
+        if not args.json:
+            print("real_faces", result["real_faces"], flush=True)
     if args.photos_only:
         emit(result)
         return 0

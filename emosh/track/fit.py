@@ -32,6 +32,11 @@ FACE = slice(*LANDMARK_GROUPS["face"])
 # Face-mesh silhouette points: they slide over the cheeks as the head turns, so they are trusted less.
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
              176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
+# Face-mesh lips and eyelids: the points whose shape within the face is the expression (jaw, smile, blinks).
+FACE_DETAIL = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409, 78, 95,
+               88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415,
+               263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
+               33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173]
 # Body points used to place the body before it is posed: face, shoulders, hips.
 TORSO_POINTS = list(range(0, 13)) + [23, 24]
 
@@ -289,6 +294,8 @@ class FitWeights:
     finger_prior: float = 0.02
     hinge: float = 10.0
     expr_prior: float = 0.3
+    face_detail: float = 30.0  # lips/eyelids relative to the face centre, in % of the face height
+    face_detail_sigma: float = 5.0  # its Geman-McClure scale, % of the face height
     blendshape_prior: float = 2.0
     shape_prior: float = 0.5
     silhouette_outside: float = 10.0  # mesh past the person mask (see track/silhouette.py)
@@ -363,6 +370,7 @@ class Fitter:
         w[[75 + i for i in FACE_OVAL]] = 0.3
         w[[17, 18, 19, 20, 21, 22]] = 0.3
         self.point_weight = w
+        self.face_detail_index = torch.tensor([FACE.start + i for i in FACE_DETAIL], device=self.device)
 
     # ------------------------------------------------------------------ conversions
     def translation(self, cam: torch.Tensor) -> torch.Tensor:
@@ -514,6 +522,8 @@ class Fitter:
                 data = (w * rho).sum() / err.shape[0]
                 loss = data + self._priors(state, targets, finger, fit_shape, shape_p, names)
                 loss = loss + self._smoothness(state, context, names)
+                if "expr" in names:
+                    loss = loss + self._face_detail(proj, targets, conf)
                 if "silhouette" in names:
                     loss = loss + self._silhouette_loss(silhouettes, shape_p, state)
                 loss.backward()
@@ -526,6 +536,23 @@ class Fitter:
                         shape_p.clamp_(0.0, 1.0)
         out = FitState(params["q"], params["orient"], params["cam"], params["expr"]).detach()
         return out, shape_p.detach()
+
+    def _face_detail(self, proj: torch.Tensor, targets: Targets, conf: torch.Tensor) -> torch.Tensor:
+        """Expression term: the body-box error scale makes a full body's lip gap or blink a fraction of a percent, so
+        the lips and eyelids are also compared in the face's own frame (centred, in % of the face height)."""
+        wts = self.settings.weights
+        idx = self.face_detail_index
+        w = conf[:, idx]
+        seen = (w > 0).all(1)
+        if not seen.any():
+            return proj.new_zeros(())
+        p, d, w = proj[seen][:, idx], targets.landmarks[seen][:, idx], w[seen]
+        face = targets.landmarks[seen][:, FACE]
+        height = (face[..., 1].amax(1) - face[..., 1].amin(1)).clamp(min=1.0)[:, None]
+        err = ((p - p.mean(1, keepdim=True)) - (d - d.mean(1, keepdim=True))).norm(dim=-1) / height * 100.0
+        s2 = wts.face_detail_sigma ** 2
+        rho = err.square() / (err.square() + s2) * s2
+        return wts.face_detail * (w * rho).mean(1).sum() / proj.shape[0]
 
     def _silhouettes(self, targets: Targets) -> list[tuple[int, Silhouette]]:
         """(frame, silhouette) for every frame with a non-empty person mask."""
