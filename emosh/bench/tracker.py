@@ -28,7 +28,7 @@ import torch
 from ..body import load_body_model
 from ..body.camera import default_focal, project, project_camera_points, to_camera, view_rotation
 from ..body.model import BodyModel
-from ..body.track import NUM_LANDMARKS, EHMTrack
+from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack
 from ..track.correspondence import mesh_landmarks
 from ..track.detect import FrameDetection
 from ..track.fit import LandmarkBody, pose_basis
@@ -125,12 +125,9 @@ def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tup
     truth.update(focal=focal, image_size=image_size, joints=body.joints, landmarks2d=uv)
     masks = [None] * frames
     if with_mask:
-        from ..render.raster import rasterize
-
-        cam = body.vertices @ cam_R.T
-        pix = project_camera_points(cam, torch.full((frames,), focal, device=dev), image_size)
-        frags = rasterize(torch.cat([pix, cam[..., 2:]], -1), model.faces, image_size, cull_backfaces=True)
-        masks = list(frags.mask.float().cpu().numpy())
+        masks = list(silhouettes(model, body.vertices, torch.full((frames,), focal, device=dev),
+                                 cam_R.expand(frames, 3, 3), torch.zeros(frames, 3, device=dev),
+                                 image_size).astype(np.float32))
     dets = []
     h, w = image_size
     for t in range(frames):
@@ -246,7 +243,7 @@ def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
     """Correlation of fitted facial actions with raw detected face geometry, over frames with a detected face:
     jawOpen with the inner-lip gap, each eye's blink with minus that eye's lid opening, the summed smiles with the
     mouth width (distances divided by the detected face height, forehead 10 to chin 152)."""
-    face = 75  # first face point in the landmark layout
+    face = LANDMARK_GROUPS["face"][0]
     lm = track.landmarks2d.cpu().numpy()
     ok = (track.confidence[:, face:].cpu().numpy() > 0).all(1)
     dist = lambda a, b: np.linalg.norm(lm[ok, face + a] - lm[ok, face + b], axis=1)  # noqa: E731
@@ -261,17 +258,24 @@ def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
                 face_frames=int(ok.sum()))
 
 
-def mesh_mask(model: BodyModel, track: EHMTrack) -> np.ndarray:
-    """[H, W] bool: pixels the fitted mesh covers in the track's first frame."""
+def silhouettes(model: BodyModel, vertices: torch.Tensor, focal: torch.Tensor, cam_R: torch.Tensor,
+                cam_t: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
+    """[B, H, W] bool: pixels covered by the posed meshes ``vertices`` [B, V, 3] through the given camera."""
     from ..render.raster import rasterize
 
     with torch.no_grad():
-        first = track.frames(0, 1)
-        out = model(first.shape, **first.motion())
-        cam = to_camera(out.vertices, first.cam_R, first.cam_t)
-        pix = project_camera_points(cam, first.focal, first.image_size)
-        frags = rasterize(torch.cat([pix, cam[..., 2:]], -1), model.faces, first.image_size, cull_backfaces=True)
-    return frags.mask[0].cpu().numpy()
+        cam = to_camera(vertices, cam_R, cam_t)
+        pix = project_camera_points(cam, focal, image_size)
+        frags = rasterize(torch.cat([pix, cam[..., 2:]], -1), model.faces, image_size, cull_backfaces=True)
+    return frags.mask.cpu().numpy()
+
+
+def mesh_mask(model: BodyModel, track: EHMTrack) -> np.ndarray:
+    """[H, W] bool: pixels the fitted mesh covers in the track's first frame."""
+    first = track.frames(0, 1)
+    with torch.no_grad():
+        vertices = model(first.shape, **first.motion()).vertices
+    return silhouettes(model, vertices, first.focal, first.cam_R, first.cam_t, first.image_size)[0]
 
 
 def person_mask(image: np.ndarray) -> np.ndarray:
