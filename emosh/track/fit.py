@@ -267,6 +267,22 @@ def _orient_flexion(model: BodyModel, basis: PoseBasis) -> PoseBasis:
 
 
 # ---------------------------------------------------------------------------------------------- fitting
+def _similarity_align(points: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
+    """``points`` [T, N, 2] moved onto ``onto`` [T, N, 2] by the per-frame 2D similarity (rotation, scale,
+    translation) that fits best in least squares; the transform is held fixed (detached), so what is left to
+    fit is the points' shape, not where the head is or how it is turned."""
+    p = points - points.mean(1, keepdim=True)
+    d = onto - onto.mean(1, keepdim=True)
+    with torch.no_grad():
+        dot = (p * d).sum((1, 2))
+        cross = (p[..., 0] * d[..., 1] - p[..., 1] * d[..., 0]).sum(1)
+        norm = p.square().sum((1, 2)).clamp(min=1e-9)
+        a, b = dot / norm, cross / norm  # s·cos θ, s·sin θ
+    x, y = p[..., 0], p[..., 1]
+    rotated = torch.stack([a[:, None] * x - b[:, None] * y, b[:, None] * x + a[:, None] * y], -1)
+    return rotated + onto.mean(1, keepdim=True)
+
+
 @contextmanager
 def _small_op_threads(device: torch.device):
     """The fit is thousands of tiny ops: on CPU one intra-op thread is faster, and far faster on a busy machine
@@ -294,6 +310,7 @@ class FitWeights:
     finger_prior: float = 0.02
     hinge: float = 10.0
     expr_prior: float = 0.3
+    expr_l1: float = 3.0  # sparsity: an action the face does not show stays exactly at 0 (the clamp at 0 is its prox)
     face_detail: float = 30.0  # lips/eyelids relative to the face centre, in % of the face height
     face_detail_sigma: float = 5.0  # its Geman-McClure scale, % of the face height
     blendshape_prior: float = 2.0
@@ -546,10 +563,11 @@ class Fitter:
         seen = (w > 0).all(1)
         if not seen.any():
             return proj.new_zeros(())
-        p, d, w = proj[seen][:, idx], targets.landmarks[seen][:, idx], w[seen]
+        p, d, w = _similarity_align(proj[seen][:, idx], targets.landmarks[seen][:, idx]), \
+            targets.landmarks[seen][:, idx], w[seen]
         face = targets.landmarks[seen][:, FACE]
         height = (face[..., 1].amax(1) - face[..., 1].amin(1)).clamp(min=1.0)[:, None]
-        err = ((p - p.mean(1, keepdim=True)) - (d - d.mean(1, keepdim=True))).norm(dim=-1) / height * 100.0
+        err = (p - d).norm(dim=-1) / height * 100.0
         s2 = wts.face_detail_sigma ** 2
         rho = err.square() / (err.square() + s2) * s2
         return wts.face_detail * (w * rho).mean(1).sum() / proj.shape[0]
@@ -588,7 +606,7 @@ class Fitter:
         loss = loss + wts.finger_prior * dev[:, finger].sum(dim=(1, 2)).mean()
         loss = loss + wts.hinge * torch.relu(-state.q[:, b.hinge, 0] - 0.05).square().sum(1).mean()
         if "expr" in names:
-            loss = loss + wts.expr_prior * state.expr.square().sum(1).mean()
+            loss = loss + wts.expr_prior * state.expr.square().sum(1).mean() + wts.expr_l1 * state.expr.sum(1).mean()
             if targets.blendshapes is not None:
                 seen = torch.isfinite(targets.blendshapes)
                 diff = torch.where(seen, state.expr - torch.nan_to_num(targets.blendshapes), 0.0)
