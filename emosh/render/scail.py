@@ -18,6 +18,8 @@ a pixel apart). Intersections are analytic (ray against cylinder side and end sp
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import keypoints as kp
@@ -96,17 +98,40 @@ def render_capsules(points_mm: torch.Tensor, focal: torch.Tensor, size: tuple[in
     starts = points_mm[:, [index[a] for a, _, _ in CAPSULES]]  # [B, C, 3]
     ends = points_mm[:, [index[b] for _, b, _ in CAPSULES]]
     colors = torch.tensor([rgb for _, _, rgb in CAPSULES], dtype=torch.float32, device=device) / 300.0 + 0.15
-    out = torch.zeros(points_mm.shape[0], height * width, 3, dtype=torch.uint8, device=device)
-    rows = torch.arange(height, device=device, dtype=torch.float32).repeat_interleave(width)
-    cols = torch.arange(width, device=device, dtype=torch.float32).repeat(height)
+    out = torch.zeros(points_mm.shape[0], height, width, 3, dtype=torch.uint8, device=device)
     for b in range(points_mm.shape[0]):
+        box = _pixel_box(points_mm[b], float(focal[b]), size)
+        if box is None:
+            continue
+        (r0, r1), (c0, c1) = box
+        rows = torch.arange(r0, r1, device=device, dtype=torch.float32).repeat_interleave(c1 - c0)
+        cols = torch.arange(c0, c1, device=device, dtype=torch.float32).repeat(r1 - r0)
         rays = torch.stack([(cols + 0.5 - width / 2) / focal[b], (rows + 0.5 - height / 2) / focal[b],
                             torch.ones_like(cols)], dim=-1)
         rays = rays / rays.norm(dim=-1, keepdim=True)
-        for start in range(0, rays.shape[0], _PIXELS_PER_PASS):
-            part = rays[start:start + _PIXELS_PER_PASS]
-            out[b, start:start + part.shape[0]] = _shade(part, starts[b], ends[b], colors, depth)
-    return out.view(-1, height, width, 3)
+        colours = torch.cat([_shade(rays[i:i + _PIXELS_PER_PASS], starts[b], ends[b], colors, depth)
+                             for i in range(0, rays.shape[0], _PIXELS_PER_PASS)])
+        out[b, r0:r1, c0:c1] = colours.view(r1 - r0, c1 - c0, 3)
+    return out
+
+
+def _pixel_box(points_mm: torch.Tensor, focal: float, size: tuple[int, int]):
+    """((row0, row1), (col0, col1)) bounding the capsules of one frame's slots [14, 3], None when off-screen.
+
+    Only these pixels are traced (the figure covers a fraction of the frame). A ball of radius r at depth z
+    projects within f·r / (z − r) of its centre's image; twice that plus a pixel is a safe margin. A slot closer
+    than two radii to the camera plane (or behind it) makes the whole frame traced.
+    """
+    height, width = size
+    z = points_mm[:, 2]
+    if float(z.min()) <= 2 * RADIUS_MM:
+        return (0, height), (0, width)
+    centre = points_mm[:, :2] / z[:, None] * focal + points_mm.new_tensor([width / 2, height / 2])
+    margin = 2 * focal * RADIUS_MM / float((z - RADIUS_MM).min()) + 1
+    (x0, y0), (x1, y1) = (centre.amin(0) - margin).tolist(), (centre.amax(0) + margin).tolist()
+    c0, c1 = max(int(math.floor(x0)), 0), min(int(math.ceil(x1)), width)
+    r0, r1 = max(int(math.floor(y0)), 0), min(int(math.ceil(y1)), height)
+    return ((r0, r1), (c0, c1)) if r1 > r0 and c1 > c0 else None
 
 
 def _shade(rays: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, colors: torch.Tensor,
