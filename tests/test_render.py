@@ -425,3 +425,32 @@ def test_unianimate_peer_pipeline_is_uniAnimates_jpeg_on_a_stretched_canvas(anny
     iou = (drawn & drawn_lossless).sum() / (drawn | drawn_lossless).sum()
     assert iou < 0.9  # the stretch moves the figure: the lossless cover-cropped frame is not what UniAnimate saw
     assert len(np.unique(peer.reshape(-1, 3), axis=0)) > 3 * len(np.unique(lossless.reshape(-1, 3), axis=0))
+
+
+def test_renderer_cli_and_node_offer_the_same_modes_and_styles():
+    import argparse
+
+    from emosh.render import cli, renderer
+    from test_workflows import pack_nodes
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    render_parser = parser._subparsers._group_actions[0].choices["render"]
+    choices = {action.dest: tuple(action.choices) for action in render_parser._actions if action.choices}
+    assert choices["mode"] == renderer.MODES and "scail" in renderer.MODES
+    assert choices["keypoint_style"] == draw.KEYPOINT_STYLES == ("wan_animate", "dwpose", "unianimate")
+    node = pack_nodes("render").MeshConditionRenderer
+    assert tuple(node.INPUT_TYPES()["required"]["keypoint_style"][0]) == draw.KEYPOINT_STYLES
+    with pytest.raises(ValueError, match="unknown keypoint style"):
+        next(render_track(None, None, ("keypoints",), keypoint_style="scail"))  # the overlay is not a style
+
+
+def test_cli_scail_mode_defaults_to_scails_size(anny, tmp_path):
+    from emosh.cli import main
+    from emosh.video import read_image
+
+    track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=240, width=160, distance=2.6)
+    track.save(tmp_path / "t.safetensors")
+    assert main(["render", str(tmp_path / "t.safetensors"), "--mode", "scail", "--out", str(tmp_path / "f")]) == 0
+    frame = read_image(tmp_path / "f" / "000000.png")
+    assert frame.shape == (896, 512, 3) and frame.any() and not frame[:16, :16].any()
