@@ -4,6 +4,7 @@ control for Wan-Animate / UniAnimate / DWPose-trained models).
 Follows ``shared/docs/pose-drawing.md``: limbs are filled ellipses at 0.6 × palette colour, joints filled circles,
 hand bones lines in HSV colours with blue joints, integer-truncated coordinates, no anti-aliasing, fixed draw order
 (limbs, joints, left hand, right hand, face). Visibility comes from the z-buffer (:func:`keypoint_visibility`).
+Also the 2D overlay of the scail mode, and :func:`peer_frames`, a consumer's own pipeline around the drawing.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ centre-cropped (ComfyUI's "center" crop resize), so controls line up with a driv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -53,8 +54,9 @@ def render_track(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hyb
     ``keypoints`` mode (one of :data:`emosh.render.draw.KEYPOINT_STYLES`: wan_animate, dwpose, unianimate).
     ``peer_pipeline`` also applies the consumer's own pipeline around the drawing where it has one (unianimate:
     keypoints normalised by the track's frame and stretched onto its 512×768 canvas, a JPEG round trip at
-    quality 95, then a bilinear resize to the output size as its loader does); otherwise keypoints are drawn
-    losslessly on the output frame, lined up with the other modes.
+    quality 95, then a bilinear resize to the output size as its loader does; which keypoints are hidden is still
+    judged on the output frame); otherwise keypoints are drawn losslessly on the output frame, lined up with the
+    other modes.
     ``as_uint8`` returns 0..255 frames (what video files take; skips a float conversion of the drawn modes).
     """
     unknown = [m for m in modes if m not in MODES]
@@ -110,8 +112,12 @@ class _FrameRenderer:
         self.part_labels = model.part_labels.to(device)
         self.colors = shading.semantic_colors(model).to(device)
         self.see_through = draw.see_through_table(model.part_names, device)
-        self.scail_joints = scail.joint_indices(model)
         self.scail_depth: tuple[float, float] | None = None
+
+    @cached_property
+    def scail_joints(self) -> list[int]:
+        """The body model's joints in SMPL slot order (looked up only when the scail mode is rendered)."""
+        return scail.joint_indices(self.model)
 
     def scail_points(self, track: EHMTrack) -> torch.Tensor:
         """The SMPL slots of every frame of ``track`` [T, 14, 3], camera frame, mm."""
@@ -119,8 +125,12 @@ class _FrameRenderer:
 
         with torch.no_grad():
             output = self.model(track.shape, **track.motion())
-            joints = to_camera(output.joints.to(self.device), track.cam_R, track.cam_t)
             landmarks = to_camera(mesh_landmarks(self.model, output).to(self.device), track.cam_R, track.cam_t)
+        return self._scail_slots(output, landmarks, track)
+
+    def _scail_slots(self, output, landmarks: torch.Tensor, track: EHMTrack) -> torch.Tensor:
+        """Slots [B, 14, 3] (mm) from a body ``output`` and its camera-frame ``landmarks`` [B, 553, 3]."""
+        joints = to_camera(output.joints.to(self.device), track.cam_R, track.cam_t)
         return scail.slot_points(joints, landmarks, self.scail_joints)
 
     def render(self, track: EHMTrack, focal: torch.Tensor, modes: Sequence[str],
@@ -149,9 +159,8 @@ class _FrameRenderer:
                 visible = draw.keypoint_visibility(fragments, kp_pixels, landmarks, self.part_labels, self.faces,
                                                    self.see_through)
                 if "scail" in modes:
-                    joints = to_camera(output.joints.to(self.device), track.cam_R, track.cam_t)
-                    points = scail.slot_points(joints, landmarks, self.scail_joints)
-                    out["scail"] = scail.render_capsules(points, focal, self.size, self.scail_depth)
+                    out["scail"] = scail.render_capsules(self._scail_slots(output, landmarks, track), focal,
+                                                         self.size, self.scail_depth)
                 self._draw(out, modes, keypoint_style, kp_pixels, visible, landmarks, track.focal)
         return {m: out[m] for m in modes}
 
