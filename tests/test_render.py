@@ -454,3 +454,14 @@ def test_cli_scail_mode_defaults_to_scails_size(anny, tmp_path):
     assert main(["render", str(tmp_path / "t.safetensors"), "--mode", "scail", "--out", str(tmp_path / "f")]) == 0
     frame = read_image(tmp_path / "f" / "000000.png")
     assert frame.shape == (896, 512, 3) and frame.any() and not frame[:16, :16].any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_scail_capsules_on_cuda_match_cpu():
+    from emosh.render import scail
+
+    slots, focal = _slots(), torch.tensor([_SCAIL_FOCAL])
+    cpu = scail.render_capsules(slots, focal, _SCAIL_SIZE, (1000.0, 8000.0))
+    gpu = scail.render_capsules(slots.cuda(), focal.cuda(), _SCAIL_SIZE, (1000.0, 8000.0))
+    assert gpu.device.type == "cuda"
+    assert ((gpu.cpu().int() - cpu.int()).abs() > 1).any(-1).float().mean() < 1e-3
