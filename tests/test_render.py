@@ -465,3 +465,16 @@ def test_scail_capsules_on_cuda_match_cpu():
     gpu = scail.render_capsules(slots.cuda(), focal.cuda(), _SCAIL_SIZE, (1000.0, 8000.0))
     assert gpu.device.type == "cuda"
     assert ((gpu.cpu().int() - cpu.int()).abs() > 1).any(-1).float().mean() < 1e-3
+
+
+def test_scail_depth_factor_spans_the_whole_clip(anny, motion_track):
+    """SCAIL normalises depth over the clip: a later frame farther away widens the range, so the first frame's
+    capsules come out brighter than when that frame is rendered alone."""
+    clip = motion_track.frames(0, 2)
+    translation = clip.translation.clone()
+    translation[1, 1] += 8.0  # world +y is away from this camera
+    clip = clip.replace(translation=translation)
+    alone = render_all(anny, clip.frames(0, 1), ("scail",), width=96, height=144, as_uint8=True)["scail"][0]
+    within = render_all(anny, clip, ("scail",), width=96, height=144, as_uint8=True, batch_size=1)["scail"][0]
+    gain = (within.int() - alone.int())[alone.bool().any(-1)]
+    assert int(gain.min()) >= -1 and int(gain.max()) >= 3
