@@ -152,9 +152,27 @@ def _gather_all(visible: torch.Tensor, name: str, offset: int = 0) -> torch.Tens
     return visible[..., torch.from_numpy(idx).to(visible.device)].all(dim=-1)
 
 
-def to_openpose(points: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """553-layout points [..., 553, D] + visibility [..., 553] → Body-20 points [..., 20, D] and visibility."""
-    return _gather_mean(points, "openpose"), _gather_all(visible, "openpose")
+def _gather_mean_score(visible: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
+    """A mapped point is visible when the mean of its sources' 0/1 scores reaches 0.5 (Wan-Animate's neck rule:
+    the neck takes the mean shoulder score, so one visible shoulder is enough)."""
+    scores = _gather_mean(visible.float()[..., None], name, offset)[..., 0]
+    return scores >= 0.5
+
+
+NECK_RULES = ("both", "mean")  # "both": DWPose / UniAnimate; "mean": Wan-Animate
+
+
+def to_openpose(points: torch.Tensor, visible: torch.Tensor,
+                neck_rule: str = "both") -> tuple[torch.Tensor, torch.Tensor]:
+    """553-layout points [..., 553, D] + visibility [..., 553] → Body-20 points [..., 20, D] and visibility.
+
+    ``neck_rule`` decides when an averaged point (the neck) is visible: "both" sources (DWPose) or a mean score
+    of at least 0.5 (Wan-Animate's ``AAPoseMeta``, which averages the shoulders' scores).
+    """
+    if neck_rule not in NECK_RULES:
+        raise ValueError(f"unknown neck rule {neck_rule!r}; choose from {NECK_RULES}")
+    gather = _gather_all if neck_rule == "both" else _gather_mean_score
+    return _gather_mean(points, "openpose"), gather(visible, "openpose")
 
 
 def to_face68(points: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,8 +6,6 @@ import torch
 from .common import (EHM_MODEL, EHM_TRACK, ROOT_CATEGORY, Progress, as_image, check_image, image_to_uint8,
                      lib, mask_from_float, uint8_to_image)
 
-KEYPOINT_STYLES = ("wan_animate", "dwpose", "unianimate")
-
 
 class ShapeSwapRetarget:
     DESCRIPTION = ("Shape swap: the driving track's motion (body, hands, face, camera) on the reference person's body "
@@ -136,7 +134,7 @@ class MeshConditionRenderer:
                                          "centre-crop, like ComfyUI's center-crop resize."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
                                "tooltip": "Output height; 0 = the track's image height."}),
-            "keypoint_style": (list(KEYPOINT_STYLES), {
+            "keypoint_style": (list(lib("render.draw").KEYPOINT_STYLES), {
                 "default": "wan_animate",
                 "tooltip": "Drawing of the keypoints output: wan_animate (Wan 2.2 Animate pose_video), dwpose "
                            "(Animate Anyone, with face dots), unianimate (red/blue swapped as UniAnimate reads it)."}),

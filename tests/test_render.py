@@ -216,3 +216,265 @@ def test_render_track_on_cuda_matches_cpu(motion_track):
     assert gpu["mask"].device.type == "cuda"
     assert (gpu["mask"].cpu() != cpu["mask"]).float().mean() < 1e-3
     assert (gpu["hybrid"].cpu() - cpu["hybrid"]).abs().mean() < 0.01
+
+
+# ------------------------------------------------------------------ Wan-Animate conformance: the neck rule
+# Wan2.2 Animate's pose drawing (``draw_aapose_by_meta_new``) re-stated as data, independently of emosh.render:
+# OpenPose-20 body (nose, neck, R/L arm, R/L leg, eyes, ears, toes); every point carries a score, the neck the
+# mean of the two shoulders' positions and scores; a limb or joint is skipped when a score is below 0.5.
+_WAN_LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+              (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (13, 18), (10, 19)]
+_WAN_COLORS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+               (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+               (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85), (200, 200, 0), (100, 100, 0)]
+# OpenPose-20 slot → the named fixture points it averages (MediaPipe names, subject's left/right).
+_WAN_SOURCES = [("nose",), ("left_shoulder", "right_shoulder"), ("right_shoulder",), ("right_elbow",),
+                ("right_wrist",), ("left_shoulder",), ("left_elbow",), ("left_wrist",), ("right_hip",),
+                ("right_knee",), ("right_ankle",), ("left_hip",), ("left_knee",), ("left_ankle",), ("right_eye",),
+                ("left_eye",), ("right_ear",), ("left_ear",), ("left_foot_index",), ("right_foot_index",)]
+_BODY_FIXTURE = {  # pixels on a 480×832 frame: a person facing the camera, arms out and down
+    "nose": (240, 150), "left_eye": (252, 138), "right_eye": (228, 138), "left_ear": (266, 146),
+    "right_ear": (214, 146), "left_shoulder": (300, 230), "right_shoulder": (180, 232), "left_elbow": (352, 330),
+    "right_elbow": (128, 334), "left_wrist": (380, 430), "right_wrist": (96, 428), "left_hip": (276, 460),
+    "right_hip": (204, 462), "left_knee": (284, 610), "right_knee": (196, 612), "left_ankle": (290, 760),
+    "right_ankle": (190, 758), "left_foot_index": (300, 800), "right_foot_index": (178, 798),
+}
+
+
+def _wan_reference(height: int, width: int, hidden: set[str]) -> np.ndarray:
+    """Wan-Animate's drawing of the fixture with the ``hidden`` points at score 0 (all others 1)."""
+    import cv2
+
+    slots = []
+    for names in _WAN_SOURCES:
+        xy = np.mean([_BODY_FIXTURE[n] for n in names], axis=0)
+        score = np.mean([0.0 if n in hidden else 1.0 for n in names])
+        slots.append((xy, score))
+    stick = max(int(min(height, width) / 200) - 1, 1)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    for (a, b), color in zip(_WAN_LIMBS, _WAN_COLORS):
+        (pa, sa), (pb, sb) = slots[a], slots[b]
+        if sa < 0.5 or sb < 0.5:
+            continue
+        centre = (int((pa[0] + pb[0]) / 2), int((pa[1] + pb[1]) / 2))
+        length = float(np.hypot(*(pa - pb)))
+        angle = math.degrees(math.atan2(pa[1] - pb[1], pa[0] - pb[0]))
+        poly = cv2.ellipse2Poly(centre, (int(length / 2), stick), int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(canvas, poly, [int(c * 0.6) for c in color])
+    for (p, s), color in zip(slots, _WAN_COLORS):
+        if s >= 0.5:
+            cv2.circle(canvas, (int(p[0]), int(p[1])), stick, color, thickness=-1)
+    return canvas
+
+
+def _pack_drawing(style: draw.PoseStyle, height: int, width: int, hidden: set[str]) -> np.ndarray:
+    points = np.zeros((553, 2), np.float32)
+    visible = np.zeros(553, bool)
+    for name, xy in _BODY_FIXTURE.items():
+        points[kp.BODY_NAMES.index(name)] = xy
+        visible[kp.BODY_NAMES.index(name)] = name not in hidden
+    return draw.draw_frame(np.zeros((height, width, 3), np.uint8), points, visible, style)
+
+
+@pytest.mark.parametrize("hidden", [set(), {"left_shoulder"}, {"right_shoulder", "left_wrist"},
+                                    {"left_shoulder", "right_shoulder"}])
+def test_wan_animate_style_draws_exactly_like_wan(hidden):
+    expected = _wan_reference(832, 480, hidden)
+    drawn = _pack_drawing(draw.STYLES["wan_animate"], 832, 480, hidden)
+    assert (expected != drawn).any(-1).sum() == 0
+    neck = _BODY_FIXTURE["left_shoulder"][0] / 2 + _BODY_FIXTURE["right_shoulder"][0] / 2
+    neck_drawn = tuple(drawn[231, int(neck)]) == (255, 85, 0)
+    assert neck_drawn == (len(hidden & {"left_shoulder", "right_shoulder"}) < 2)  # one shoulder is enough
+
+
+def test_dwpose_neck_needs_both_shoulders():
+    drawn = _pack_drawing(draw.STYLES["dwpose"], 832, 480, {"left_shoulder"})
+    neck = (_BODY_FIXTURE["left_shoulder"][0] + _BODY_FIXTURE["right_shoulder"][0]) // 2
+    assert tuple(drawn[231, neck]) == (0, 0, 0)
+
+
+# ------------------------------------------------------------------ scail: SCAIL-Preview capsules
+_SCAIL_FOCAL, _SCAIL_SIZE, _SCAIL_Z = 300.0, (448, 320), 1500.0
+_T_POSE_MM = {  # camera frame (x right, y down, z forward), a T-pose facing the camera: the subject's right is -x
+    "neck": (0, -500), "head": (0, -700), "right_shoulder": (-180, -500), "right_elbow": (-400, -500),
+    "right_wrist": (-620, -500), "left_shoulder": (180, -500), "left_elbow": (400, -500),
+    "left_wrist": (620, -500), "right_hip": (-100, 0), "right_knee": (-100, 450), "right_ankle": (-100, 900),
+    "left_hip": (100, 0), "left_knee": (100, 450), "left_ankle": (100, 900),
+}
+
+
+def _slots(overrides: dict[str, tuple[float, float, float]] | None = None) -> torch.Tensor:
+    from emosh.render import scail
+
+    points = {name: (x, y, _SCAIL_Z) for name, (x, y) in _T_POSE_MM.items()} | (overrides or {})
+    return torch.tensor([[points[name] for name in scail.SLOTS]], dtype=torch.float32)
+
+
+def _expected_capsule_colour(rgb, pixel, axis_dim: int, line: tuple[float, float], depth) -> np.ndarray:
+    """SCAIL's shading of an axis-aligned capsule side (along x when ``axis_dim`` = 0, along y when 1) seen
+    through pixel (row, col): headlight diffuse, Blinn specular, depth factor, truncated to 0..255."""
+    height, width = _SCAIL_SIZE
+    row, col = pixel
+    d = np.array([(col + 0.5 - width / 2) / _SCAIL_FOCAL, (row + 0.5 - height / 2) / _SCAIL_FOCAL, 1.0])
+    d /= np.linalg.norm(d)
+    other = 1 - axis_dim  # the cylinder is (p[other] - line[0])² + (p_z - line[1])² = r²
+    a = d[other] ** 2 + d[2] ** 2
+    b = -2 * (d[other] * line[0] + d[2] * line[1])
+    c = line[0] ** 2 + line[1] ** 2 - 21.5 ** 2
+    t = (-b - math.sqrt(b * b - 4 * a * c)) / (2 * a)
+    p = t * d
+    n = np.zeros(3)
+    n[other], n[2] = p[other] - line[0], p[2] - line[1]
+    n /= np.linalg.norm(n)
+    half = -d + np.array([0.0, 0.0, -1.0])
+    half /= np.linalg.norm(half)
+    factor = np.clip(1 - (p[2] - depth[0]) / (depth[1] - 0.1), 0, 1)
+    colour = (np.array(rgb) / 300 + 0.15) * (0.3 + 0.7 * max(-n[2], 0.0)) * factor
+    colour = colour + 0.5 * max(float(n @ half), 0.0) ** 32 * factor
+    return np.floor(np.clip(colour, 0, 1) * 255)
+
+
+def _pixel_of(x_mm: float, y_mm: float) -> tuple[int, int]:
+    height, width = _SCAIL_SIZE
+    return (int(_SCAIL_FOCAL * y_mm / _SCAIL_Z + height / 2), int(_SCAIL_FOCAL * x_mm / _SCAIL_Z + width / 2))
+
+
+def test_scail_capsules_have_the_spec_colours_and_shading():
+    from emosh.render import scail
+
+    depth = (1000.0, 8000.0)
+    image = scail.render_capsules(_slots(), torch.tensor([_SCAIL_FOCAL]), _SCAIL_SIZE, depth)[0].numpy()
+    assert image.shape == (448, 320, 3) and image.dtype == np.uint8
+    assert not image[:20, :20].any()  # black background
+    checked = 0
+    for start, end, rgb in scail.CAPSULES:
+        (xa, ya), (xb, yb) = _T_POSE_MM[start], _T_POSE_MM[end]
+        if xa != xb and ya != yb:
+            continue  # the two diagonal neck→hip capsules: no axis-aligned expectation
+        axis_dim = 0 if ya == yb else 1
+        pixel = _pixel_of((xa + xb) / 2, (ya + yb) / 2)
+        line = (ya, _SCAIL_Z) if axis_dim == 0 else (xa, _SCAIL_Z)
+        expected = _expected_capsule_colour(rgb, pixel, axis_dim, line, depth)
+        assert np.abs(image[pixel].astype(float) - expected).max() <= 1, (start, end, image[pixel], expected)
+        checked += 1
+    assert checked == 11
+
+
+def test_scail_nearest_capsule_wins_whatever_the_drawing_order():
+    """The right forearm (drawn before neck→left hip in SCAIL's order) crosses the trunk capsule: in front it hides
+    it, behind it is hidden — a painter's algorithm in any fixed order gets one of the two wrong."""
+    from emosh.render import scail
+
+    crossing = _pixel_of(70.0, -150.0)  # neck (0, -500) → left hip (100, 0) passes x = 70 mm at y = -150 mm
+    colours = {}
+    for name, z in (("front", _SCAIL_Z - 200.0), ("behind", _SCAIL_Z + 200.0)):
+        s = z / _SCAIL_Z  # the forearm y = -150 mm, x = -300..250 mm as seen at the trunk's depth
+        slots = _slots({"right_elbow": (-300.0 * s, -150.0 * s, z), "right_wrist": (250.0 * s, -150.0 * s, z)})
+        image = scail.render_capsules(slots, torch.tensor([_SCAIL_FOCAL]), _SCAIL_SIZE, (1000.0, 8000.0))
+        colours[name] = image[0][crossing].numpy().astype(int)
+    forearm = dict((a + b, rgb) for a, b, rgb in scail.CAPSULES)["right_elbowright_wrist"]
+    assert forearm == (255, 170, 0)
+    front, behind = colours["front"], colours["behind"]
+    # (both carry the white specular highlight, so compare red against blue)
+    assert front[0] > front[2] + 60  # the orange forearm in front
+    assert behind[2] > behind[0] + 60  # the blue neck→left-hip capsule in front of the forearm
+
+
+def test_scail_mode_output_size_background_and_overlay(anny, motion_track):
+    from emosh.render import scail
+
+    assert scail.scail_size((1108, 692)) == (896, 512) and scail.scail_size((480, 640)) == (512, 896)
+    frames = render_all(anny, motion_track.frames(0, 2), ("scail",), width=160, height=240, as_uint8=True)["scail"]
+    assert frames.shape == (2, 240, 160, 3) and frames.dtype == torch.uint8
+    assert not frames[:, :8, :8].any()  # black background
+    lit = frames.any(-1)
+    assert 0.02 < float(lit.float().mean()) < 0.4  # capsules, not a silhouette
+    assert bool(((frames == torch.tensor([0, 0, 255], dtype=torch.uint8)).all(-1)).any())  # blue hand joints
+
+
+# ------------------------------------------------------------------ UniAnimate: its own pose-frame pipeline
+def test_unianimate_peer_pipeline_is_uniAnimates_jpeg_on_a_stretched_canvas(anny, tmp_path):
+    """UniAnimate normalises DWPose keypoints by the source frame, draws them on a 512×768 canvas, writes it with
+    ``cv2.imwrite(.jpg)`` and its loader reads it back with PIL: the peer pipeline gives exactly those pixels."""
+    import cv2
+    from PIL import Image
+
+    from emosh.body.camera import to_camera
+    from emosh.render.renderer import output_focal, rasterize_track
+    from emosh.track.correspondence import mesh_landmarks
+
+    track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=160, width=128, distance=2.6)
+    kwargs = dict(keypoint_style="unianimate", width=512, height=768, as_uint8=True)
+    peer = render_all(anny, track, ("keypoints",), peer_pipeline=True, **kwargs)["keypoints"][0].numpy()
+    lossless = render_all(anny, track, ("keypoints",), **kwargs)["keypoints"][0].numpy()
+
+    focal = output_focal(track, 768, 512)
+    output, _, frags = rasterize_track(anny, track, focal, (768, 512))
+    points = to_camera(mesh_landmarks(anny, output), track.cam_R, track.cam_t)
+    visible = draw.keypoint_visibility(frags, project_camera_points(points, focal, (768, 512)), points,
+                                       anny.part_labels, anny.faces,
+                                       draw.see_through_table(anny.part_names, torch.device("cpu")))
+    source = project_camera_points(points, track.focal, (160, 128))[0].numpy()
+    stretched = source / np.array([128, 160], np.float32) * np.array([512, 768], np.float32)
+    canvas = np.zeros((768, 512, 3), np.uint8)
+    draw.draw_frame(canvas, stretched, visible[0].numpy(), draw.STYLES["unianimate"])  # as UniAnimate reads it
+    cv2.imwrite(str(tmp_path / "0000.jpg"), canvas[..., ::-1])  # the array UniAnimate's cv2.imwrite receives
+    expected = np.asarray(Image.open(tmp_path / "0000.jpg").convert("RGB"))
+    assert np.array_equal(peer, expected)
+    drawn, drawn_lossless = peer.max(-1) > 40, lossless.max(-1) > 40
+    iou = (drawn & drawn_lossless).sum() / (drawn | drawn_lossless).sum()
+    assert iou < 0.9  # the stretch moves the figure: the lossless cover-cropped frame is not what UniAnimate saw
+    assert len(np.unique(peer.reshape(-1, 3), axis=0)) > 3 * len(np.unique(lossless.reshape(-1, 3), axis=0))
+
+
+def test_renderer_cli_and_node_offer_the_same_modes_and_styles():
+    import argparse
+
+    from emosh.render import cli, renderer
+    from test_workflows import pack_nodes
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    render_parser = parser._subparsers._group_actions[0].choices["render"]
+    choices = {action.dest: tuple(action.choices) for action in render_parser._actions if action.choices}
+    assert choices["mode"] == renderer.MODES and "scail" in renderer.MODES
+    assert choices["keypoint_style"] == draw.KEYPOINT_STYLES == ("wan_animate", "dwpose", "unianimate")
+    node = pack_nodes("render").MeshConditionRenderer
+    assert tuple(node.INPUT_TYPES()["required"]["keypoint_style"][0]) == draw.KEYPOINT_STYLES
+    with pytest.raises(ValueError, match="unknown keypoint style"):
+        next(render_track(None, None, ("keypoints",), keypoint_style="scail"))  # the overlay is not a style
+
+
+def test_cli_scail_mode_defaults_to_scails_size(anny, tmp_path):
+    from emosh.cli import main
+    from emosh.video import read_image
+
+    track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=240, width=160, distance=2.6)
+    track.save(tmp_path / "t.safetensors")
+    assert main(["render", str(tmp_path / "t.safetensors"), "--mode", "scail", "--out", str(tmp_path / "f")]) == 0
+    frame = read_image(tmp_path / "f" / "000000.png")
+    assert frame.shape == (896, 512, 3) and frame.any() and not frame[:16, :16].any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_scail_capsules_on_cuda_match_cpu():
+    from emosh.render import scail
+
+    slots, focal = _slots(), torch.tensor([_SCAIL_FOCAL])
+    cpu = scail.render_capsules(slots, focal, _SCAIL_SIZE, (1000.0, 8000.0))
+    gpu = scail.render_capsules(slots.cuda(), focal.cuda(), _SCAIL_SIZE, (1000.0, 8000.0))
+    assert gpu.device.type == "cuda"
+    assert ((gpu.cpu().int() - cpu.int()).abs() > 1).any(-1).float().mean() < 1e-3
+
+
+def test_scail_depth_factor_spans_the_whole_clip(anny, motion_track):
+    """SCAIL normalises depth over the clip: a later frame farther away widens the range, so the first frame's
+    capsules come out brighter than when that frame is rendered alone."""
+    clip = motion_track.frames(0, 2)
+    translation = clip.translation.clone()
+    translation[1, 1] += 8.0  # world +y is away from this camera
+    clip = clip.replace(translation=translation)
+    alone = render_all(anny, clip.frames(0, 1), ("scail",), width=96, height=144, as_uint8=True)["scail"][0]
+    within = render_all(anny, clip, ("scail",), width=96, height=144, as_uint8=True, batch_size=1)["scail"][0]
+    gain = (within.int() - alone.int())[alone.bool().any(-1)]
+    assert int(gain.min()) >= -1 and int(gain.max()) >= 3

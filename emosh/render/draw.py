@@ -4,6 +4,7 @@ control for Wan-Animate / UniAnimate / DWPose-trained models).
 Follows ``shared/docs/pose-drawing.md``: limbs are filled ellipses at 0.6 × palette colour, joints filled circles,
 hand bones lines in HSV colours with blue joints, integer-truncated coordinates, no anti-aliasing, fixed draw order
 (limbs, joints, left hand, right hand, face). Visibility comes from the z-buffer (:func:`keypoint_visibility`).
+Also the 2D overlay of the scail mode, and :func:`peer_frames`, a consumer's own pipeline around the drawing.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import keypoints as kp
 from .raster import Fragments
@@ -24,28 +26,53 @@ class PoseStyle:
 
     name: str
     toes: str | None  # key of ``keypoints.TOE_COLORS`` or None for OpenPose-18 only
-    face: str  # "none", "dots" (DWPose 68 white dots) or "contours" (hybrid brows, eyes, pupils, lips)
+    face: str  # "none", "dots" (DWPose 68 white dots), "inner_dots" (SCAIL: brows, eyes, mouth) or "contours"
     fixed_widths: tuple[int, int, int, int] | None  # (stick half-width, joint r, hand line, hand joint r) or auto
     swap_rb: bool = False  # UniAnimate reads its pose PNGs with R and B swapped
     head: bool = True  # OpenPose nose/eye/ear joints and limbs (the hybrid draws face contours instead)
+    limbs: bool = True  # trunk, arm and leg sticks and joints (SCAIL renders those as 3D capsules)
+    neck_rule: str = "both"  # see ``keypoints.to_openpose``: Wan-Animate draws the neck on the mean shoulder score
+    thin: bool = False  # SCAIL: hand lines, hand joints and face dots min(max(short side // 300, 1), 2) px
     hand_joint_color: tuple[int, int, int] = kp.HAND_JOINT_COLOR
+    # The consumer's own pipeline around the drawing (``peer_pipeline`` of the renderer): keypoints normalised by
+    # the source frame and drawn on this fixed (height, width) canvas, then stored as JPEG of this quality.
+    canvas: tuple[int, int] | None = None
+    jpeg_quality: int | None = None
 
     def widths(self, height: int, width: int) -> tuple[int, int, int, int]:
         if self.fixed_widths is not None:
-            return self.fixed_widths
-        stick = max(int(min(height, width) / 200) - 1, 1)  # Wan-Animate "v2" widths
-        hand = max(stick // 2, 1)
-        return stick, stick, hand, hand
+            stick, joint_r, hand, hand_r = self.fixed_widths
+        else:
+            stick = max(int(min(height, width) / 200) - 1, 1)  # Wan-Animate "v2" widths
+            joint_r, hand = stick, max(stick // 2, 1)
+            hand_r = hand
+        if self.thin:
+            hand = hand_r = _thin_width(height, width)
+        return stick, joint_r, hand, hand_r
+
+    def face_dot_radius(self, height: int, width: int) -> int:
+        return _thin_width(height, width) if self.thin else 3
+
+
+def _thin_width(height: int, width: int) -> int:
+    return min(max(int(min(height, width) / 300), 1), 2)
 
 
 STYLES: dict[str, PoseStyle] = {
-    "wan_animate": PoseStyle("wan_animate", toes="wan", face="none", fixed_widths=None),
+    "wan_animate": PoseStyle("wan_animate", toes="wan", face="none", fixed_widths=None, neck_rule="mean"),
     "dwpose": PoseStyle("dwpose", toes=None, face="dots", fixed_widths=(4, 4, 2, 4)),
-    "unianimate": PoseStyle("unianimate", toes="unianimate", face="none", fixed_widths=(4, 4, 2, 4), swap_rb=True),
+    "unianimate": PoseStyle("unianimate", toes="unianimate", face="none", fixed_widths=(4, 4, 2, 4), swap_rb=True,
+                            canvas=(768, 512), jpeg_quality=95),
     # The EMOSH hybrid signal: thin Wan-style skeleton with white hand joints and face contours, over the mesh.
     "hybrid": PoseStyle("hybrid", toes="wan", face="contours", fixed_widths=None, hand_joint_color=(255, 255, 255),
                         head=False),
+    # SCAIL-Preview's 2D overlay on its capsule render: nose-eye-ear sticks, DWPose hands, inner face dots.
+    "scail": PoseStyle("scail", toes=None, face="inner_dots", fixed_widths=(4, 4, 1, 1), limbs=False, thin=True),
 }
+# Styles of the ``keypoints`` render mode (the other two belong to the hybrid and scail modes).
+KEYPOINT_STYLES = tuple(name for name in STYLES if name not in ("hybrid", "scail"))
+# iBUG-68 points SCAIL draws: eyebrows 17-26, eyes 36-47, mouth 48-67 (no jaw line, no nose).
+_INNER_FACE68 = tuple(range(17, 27)) + tuple(range(36, 68))
 
 # Depth slack (metres) within which a keypoint counts as on the visible surface: face points sit on it, finger
 # joints lie about a finger radius below it.
@@ -141,14 +168,24 @@ def draw_body(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style
     n_limbs = 19 if style.toes else 17
     toe = kp.TOE_COLORS.get(style.toes or "", ())
     for i, (a, b) in enumerate(kp.OPENPOSE_LIMBS[:n_limbs]):
-        if visible[a] and visible[b] and (style.head or i not in kp.OPENPOSE_HEAD_LIMBS):
+        if visible[a] and visible[b] and _limb_drawn(style, i):
             color = kp.OPENPOSE_COLORS[i] if i < 17 else toe[i - 17]
             _limb(canvas, points[a], points[b], stick, _color(color, kp.LIMB_DIM))
     n_joints = 20 if style.toes else 18
     for j in range(n_joints):
-        if visible[j] and (style.head or j not in kp.OPENPOSE_HEAD_JOINTS):
+        if visible[j] and (style.head if j in kp.OPENPOSE_HEAD_JOINTS else style.limbs):
             color = kp.OPENPOSE_COLORS[j] if j < 18 else toe[j - 16]
             cv2.circle(canvas, _pt(points[j]), joint_r, _color(color), thickness=-1)
+
+
+def _limb_drawn(style: PoseStyle, limb: int) -> bool:
+    """Neck-nose belongs to both the head and the trunk: drawn only when both are (not by hybrid nor SCAIL)."""
+    if limb == _NECK_NOSE:
+        return style.head and style.limbs
+    return style.head if limb in kp.OPENPOSE_HEAD_LIMBS else style.limbs
+
+
+_NECK_NOSE = kp.OPENPOSE_HEAD_LIMBS[0]
 
 
 def draw_hand(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style: PoseStyle) -> None:
@@ -200,18 +237,51 @@ def _draw_pupil(canvas: np.ndarray, face: np.ndarray, visible: np.ndarray, side:
 
 def draw_frame(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style: PoseStyle) -> np.ndarray:
     """Draw one frame's 553-layout keypoints [553, 2] (pixels) with visibility [553] onto an RGB uint8 canvas."""
-    body, body_visible = kp.to_openpose(torch.from_numpy(points), torch.from_numpy(visible))
+    body, body_visible = kp.to_openpose(torch.from_numpy(points), torch.from_numpy(visible), style.neck_rule)
     draw_body(canvas, body.numpy(), body_visible.numpy(), style)
     for start in (kp.LEFT_HAND, kp.RIGHT_HAND):
         stop = start + len(kp.HAND_NAMES)
         draw_hand(canvas, points[start:stop], visible[start:stop], style)
-    if style.face == "dots":
-        face68, face68_visible = kp.to_face68(torch.from_numpy(points), torch.from_numpy(visible))
-        for p, v in zip(face68.numpy(), face68_visible.numpy()):
-            if v:
-                cv2.circle(canvas, _pt(p), 3, (255, 255, 255), thickness=-1)
+    if style.face in ("dots", "inner_dots"):
+        face68, face68_visible = (t.numpy() for t in kp.to_face68(torch.from_numpy(points),
+                                                                 torch.from_numpy(visible)))
+        radius = style.face_dot_radius(*canvas.shape[:2])
+        for i in range(68) if style.face == "dots" else _INNER_FACE68:
+            if face68_visible[i]:
+                cv2.circle(canvas, _pt(face68[i]), radius, (255, 255, 255), thickness=-1)
     elif style.face == "contours":
         draw_face_contours(canvas, points[kp.FACE:], visible[kp.FACE:])
     if style.swap_rb:
         canvas[:] = canvas[..., ::-1]
     return canvas
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """An RGB uint8 frame [H, W, 3] as it reads back from a JPEG written by OpenCV at ``quality`` (UniAnimate
+    stores its pose frames with ``cv2.imwrite(.jpg)``, default quality 95, and trains on what it reads back)."""
+    ok, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+
+def peer_frames(points: np.ndarray, visible: np.ndarray, style: PoseStyle, source_size: tuple[int, int],
+                size: tuple[int, int]) -> np.ndarray:
+    """Pose frames [B, H, W, 3] made the way the consumer makes its own (UniAnimate's pose folder + loader).
+
+    ``points`` [B, 553, 2] are pixels of the track's ``source_size`` (H, W) frame: normalised by it and drawn on
+    the style's fixed canvas (an anisotropic stretch when the aspects differ), JPEG round trip at the style's
+    quality, then resized to ``size`` (H, W) with PIL's bilinear filter as the consumer's loader does.
+    """
+    canvas_h, canvas_w = style.canvas
+    scale = np.array([canvas_w / source_size[1], canvas_h / source_size[0]], np.float32)
+    height, width = size
+    frames = np.empty((points.shape[0], height, width, 3), np.uint8)
+    for i in range(points.shape[0]):
+        canvas = draw_frame(np.zeros((canvas_h, canvas_w, 3), np.uint8), points[i] * scale, visible[i], style)
+        if style.jpeg_quality is not None:
+            canvas = jpeg_round_trip(canvas, style.jpeg_quality)
+        if (canvas_h, canvas_w) != (height, width):
+            canvas = np.asarray(Image.fromarray(canvas).resize((width, height), Image.BILINEAR))
+        frames[i] = canvas
+    return frames

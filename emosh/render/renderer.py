@@ -1,9 +1,10 @@
-"""Mesh Condition Renderer: an ``EHMTrack`` → control frames (hybrid, keypoints, normal, depth, mask, parts).
+"""Mesh Condition Renderer: an ``EHMTrack`` → control frames (hybrid, keypoints, normal, depth, mask, parts, scail).
 
 Frames stream in batches, so a long track needs memory for one batch only. Each batch: body model forward →
 camera (:mod:`emosh.body.camera`) → z-buffer (:mod:`emosh.render.raster`) → maps (:mod:`emosh.render.shading`);
 keypoints come from the one landmark source, ``emosh.track.correspondence.mesh_landmarks``, and are drawn with
-OpenCV (:mod:`emosh.render.draw`) after a visibility test against the z-buffer.
+OpenCV (:mod:`emosh.render.draw`) after a visibility test against the z-buffer; ``scail`` ray-traces capsules
+between the body's joints (:mod:`emosh.render.scail`) under the same keypoint overlay.
 
 Output size: rendering at ``width × height`` different from ``track.image_size`` scales the focal length by
 ``max(width / W, height / H)`` about the image centre, i.e. the track's frame is resized to cover the output and
@@ -12,6 +13,7 @@ centre-cropped (ComfyUI's "center" crop resize), so controls line up with a driv
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -20,10 +22,11 @@ import torch
 from ..body.camera import project_camera_points, to_camera
 from ..body.model import BodyModel
 from ..body.track import EHMTrack
-from . import draw, shading
+from . import draw, scail, shading
 from .raster import rasterize
 
-MODES = ("hybrid", "keypoints", "normal", "depth", "mask", "parts")
+# The render modes: the one list the CLI and the ComfyUI nodes offer.
+MODES = ("hybrid", "keypoints", "normal", "depth", "mask", "parts", "scail")
 
 
 @dataclass
@@ -43,25 +46,34 @@ def output_focal(track: EHMTrack, height: int, width: int) -> torch.Tensor:
 
 def render_track(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hybrid",), width: int | None = None,
                  height: int | None = None, batch_size: int = 16, device: torch.device | str | None = None,
-                 keypoint_style: str = "wan_animate", as_uint8: bool = False) -> Iterator[RenderBatch]:
+                 keypoint_style: str = "wan_animate", as_uint8: bool = False,
+                 peer_pipeline: bool = False) -> Iterator[RenderBatch]:
     """Yield :class:`RenderBatch` es of ``modes`` for every frame of ``track``.
 
     ``width``/``height`` default to the track's image size. ``keypoint_style`` picks the drawing of the
-    ``keypoints`` mode (a key of :data:`emosh.render.draw.STYLES`: wan_animate, dwpose, unianimate).
+    ``keypoints`` mode (one of :data:`emosh.render.draw.KEYPOINT_STYLES`: wan_animate, dwpose, unianimate).
+    ``peer_pipeline`` also applies the consumer's own pipeline around the drawing where it has one (unianimate:
+    keypoints normalised by the track's frame and stretched onto its 512×768 canvas, a JPEG round trip at
+    quality 95, then a bilinear resize to the output size as its loader does; which keypoints are hidden is still
+    judged on the output frame); otherwise keypoints are drawn losslessly on the output frame, lined up with the
+    other modes.
     ``as_uint8`` returns 0..255 frames (what video files take; skips a float conversion of the drawn modes).
     """
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown render modes {unknown}; choose from {MODES}")
-    if keypoint_style not in draw.STYLES or keypoint_style == "hybrid":
-        raise ValueError(f"unknown keypoint style {keypoint_style!r}; choose from "
-                         f"{[s for s in draw.STYLES if s != 'hybrid']}")
+    if keypoint_style not in draw.KEYPOINT_STYLES:
+        raise ValueError(f"unknown keypoint style {keypoint_style!r}; choose from {draw.KEYPOINT_STYLES}")
     track.check_backend(model.backend)
     height = int(height or track.image_size[0])
     width = int(width or track.image_size[1])
     device = torch.device(device) if device is not None else model.device
-    renderer = _FrameRenderer(model, height, width, device)
+    renderer = _FrameRenderer(model, height, width, device, track.image_size if peer_pipeline else None)
     focal = output_focal(track, height, width)
+    if "scail" in modes:
+        renderer.scail_depth = scail.depth_range(torch.cat([
+            renderer.scail_points(track.frames(start, start + batch_size).to(device))
+            for start in range(0, track.num_frames, batch_size)]))
     for start in range(0, track.num_frames, batch_size):
         part = track.frames(start, start + batch_size).to(device)
         frames = renderer.render(part, focal[start:start + batch_size].to(device), modes, keypoint_style)
@@ -84,16 +96,42 @@ def render_all(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hybri
 
 
 class _FrameRenderer:
-    """Per-call constants (faces, colours, visibility tables) on the render device."""
+    """Per-call constants (faces, colours, visibility tables) on the render device.
 
-    def __init__(self, model: BodyModel, height: int, width: int, device: torch.device):
+    ``source_size`` (H, W) of the track's frame turns on the consumers' own pipelines (``peer_pipeline``).
+    ``scail_depth`` is the clip's (near, far) depth-factor range, set before rendering the scail mode.
+    """
+
+    def __init__(self, model: BodyModel, height: int, width: int, device: torch.device,
+                 source_size: tuple[int, int] | None = None):
         self.model = model
         self.size = (height, width)
         self.device = device
+        self.source_size = source_size
         self.faces = model.faces.to(device)
         self.part_labels = model.part_labels.to(device)
         self.colors = shading.semantic_colors(model).to(device)
         self.see_through = draw.see_through_table(model.part_names, device)
+        self.scail_depth: tuple[float, float] | None = None
+
+    @cached_property
+    def scail_joints(self) -> list[int]:
+        """The body model's joints in SMPL slot order (looked up only when the scail mode is rendered)."""
+        return scail.joint_indices(self.model)
+
+    def scail_points(self, track: EHMTrack) -> torch.Tensor:
+        """The SMPL slots of every frame of ``track`` [T, 14, 3], camera frame, mm."""
+        from ..track.correspondence import mesh_landmarks
+
+        with torch.no_grad():
+            output = self.model(track.shape, **track.motion())
+            landmarks = to_camera(mesh_landmarks(self.model, output).to(self.device), track.cam_R, track.cam_t)
+        return self._scail_slots(output, landmarks, track)
+
+    def _scail_slots(self, output, landmarks: torch.Tensor, track: EHMTrack) -> torch.Tensor:
+        """Slots [B, 14, 3] (mm) from a body ``output`` and its camera-frame ``landmarks`` [B, 553, 3]."""
+        joints = to_camera(output.joints.to(self.device), track.cam_R, track.cam_t)
+        return scail.slot_points(joints, landmarks, self.scail_joints)
 
     def render(self, track: EHMTrack, focal: torch.Tensor, modes: Sequence[str],
                keypoint_style: str) -> dict[str, torch.Tensor]:
@@ -115,28 +153,42 @@ class _FrameRenderer:
                 out["mask"] = fragments.mask.float()
             if "parts" in modes:
                 out["parts"] = shading.parts_map(fragments, self.faces, self.part_labels)
-            if "hybrid" in modes or "keypoints" in modes:
+            if "hybrid" in modes or "keypoints" in modes or "scail" in modes:
                 landmarks = to_camera(mesh_landmarks(self.model, output).to(self.device), track.cam_R, track.cam_t)
                 kp_pixels = project_camera_points(landmarks, focal, self.size)
                 visible = draw.keypoint_visibility(fragments, kp_pixels, landmarks, self.part_labels, self.faces,
                                                    self.see_through)
-                self._draw(out, modes, keypoint_style, kp_pixels, visible)
+                if "scail" in modes:
+                    out["scail"] = scail.render_capsules(self._scail_slots(output, landmarks, track), focal,
+                                                         self.size, self.scail_depth)
+                self._draw(out, modes, keypoint_style, kp_pixels, visible, landmarks, track.focal)
         return {m: out[m] for m in modes}
 
     def _draw(self, out: dict[str, torch.Tensor], modes: Sequence[str], style: str, pixels: torch.Tensor,
-              visible: torch.Tensor) -> None:
+              visible: torch.Tensor, camera_points: torch.Tensor, source_focal: torch.Tensor) -> None:
         """OpenCV drawing needs host arrays: one transfer per batch, then back to the render device."""
         points, vis = pixels.cpu().numpy(), visible.cpu().numpy()
+        height, width = self.size
         if "hybrid" in modes:
             canvases = out["hybrid"].cpu().numpy()
             for i in range(canvases.shape[0]):
                 draw.draw_frame(canvases[i], points[i], vis[i], draw.STYLES["hybrid"])
             out["hybrid"] = torch.from_numpy(canvases).to(self.device)
+        if "scail" in modes:
+            overlay = np.zeros((points.shape[0], height, width, 3), np.uint8)
+            for i in range(overlay.shape[0]):
+                draw.draw_frame(overlay[i], points[i], vis[i], draw.STYLES["scail"])
+            overlay_t = torch.from_numpy(overlay).to(self.device)
+            out["scail"] = torch.where(overlay_t != 0, overlay_t, out["scail"])  # per channel, as SCAIL pastes
         if "keypoints" in modes:
-            height, width = self.size
-            canvases = np.zeros((points.shape[0], height, width, 3), np.uint8)
-            for i in range(canvases.shape[0]):
-                draw.draw_frame(canvases[i], points[i], vis[i], draw.STYLES[style])
+            pose_style = draw.STYLES[style]
+            if self.source_size is not None and pose_style.canvas is not None:
+                source = project_camera_points(camera_points, source_focal.to(self.device), self.source_size)
+                canvases = draw.peer_frames(source.cpu().numpy(), vis, pose_style, self.source_size, self.size)
+            else:
+                canvases = np.zeros((points.shape[0], height, width, 3), np.uint8)
+                for i in range(canvases.shape[0]):
+                    draw.draw_frame(canvases[i], points[i], vis[i], pose_style)
             out["keypoints"] = torch.from_numpy(canvases).to(self.device)
 
 
