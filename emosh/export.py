@@ -66,26 +66,16 @@ def bone_world_rotations(model: BodyModel, track: EHMTrack) -> torch.Tensor:
         for j, parent in enumerate(model.joint_parents):
             world[:, j] = local[:, j] if parent < 0 else world[:, parent] @ local[:, j]
         return world
-    if model.backend != "anny":
-        raise InputError(f"BVH export does not know the {model.backend!r} body model's kinematics")
-    anny = model._model  # the anny.Anny instance wrapped by the backend
-    device = model.device
+    try:
+        rest = model.rest_skeleton(track.shape.to(model.device))
+    except NotImplementedError as exc:
+        raise InputError(f"BVH export does not know the {model.backend!r} body model's kinematics") from exc
+    out = []
     with torch.no_grad():
-        coeffs = anny._get_phenotype_blendshape_coefficients(
-            track.shape[None].to(device), torch.zeros(1, len(anny.local_change_labels), device=device),
-            torch.zeros(1, len(model.expression_labels), device=device))
-        rest_poses = anny.get_rest_model(coeffs)["rest_bone_poses"]
-        out = []
         for a in range(0, t, CHUNK):
-            pose = track.pose[a:a + CHUNK].to(device)
-            deltas = torch.eye(4, device=device).repeat(pose.shape[0], k, 1, 1)
-            deltas[:, 1:, :3, :3] = roma.rotvec_to_rotmat(pose)
-            _, poses = anny.get_bone_transforms(deltas, rest_poses)
-            out.append(poses[..., :3, :3].cpu())
-    reference = anny.reference_bone_orientations  # orientations of the zero pose (None: the rest orientations)
-    reference = (rest_poses[0, :, :3, :3] if reference is None else reference).to("cpu", torch.float32)
-    return glob[:, None] @ torch.cat(out) @ reference.transpose(-1, -2)
-    return glob[:, None] @ torch.cat(out)
+            part = track.frames(a, a + CHUNK).to(model.device)
+            out.append(model.pose_bones(rest, part.pose, part.global_orient, part.translation).rotations.cpu())
+    return torch.cat(out)
 
 
 def _euler_zxy_degrees(rotations: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,31 @@ def test_matches_anny_reference_forward(anny):
     assert (ours - ref).abs().max() < 1e-4
 
 
+def test_bone_kinematics_match_anny(anny):
+    """One kinematics (emosh.body.kinematics) for the mesh, the tracker and BVH: its joints and zero-pose-relative
+    bone rotations equal those of anny's own get_bone_transforms chain."""
+    import roma
+
+    motion = _random_motion(anny, 4, seed=9)
+    shape = torch.rand(6, generator=torch.Generator().manual_seed(4))
+    bones = anny.pose_bones(anny.rest_skeleton(shape), motion["pose"], motion["global_orient"],
+                            motion["translation"])
+    m = anny._model
+    rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(
+        shape[None], torch.zeros(1, len(m.local_change_labels)), torch.zeros(1, len(anny.expression_labels))))
+    deltas = torch.eye(4).repeat(4, len(anny.joint_labels), 1, 1)
+    deltas[:, 1:, :3, :3] = roma.rotvec_to_rotmat(motion["pose"])
+    _, poses = m.get_bone_transforms(deltas, rest["rest_bone_poses"])
+    glob = roma.rotvec_to_rotmat(motion["global_orient"])
+    joints = (poses[..., :3, 3] @ glob.transpose(1, 2)) + motion["translation"][:, None]
+    reference = m.reference_bone_orientations
+    reference = rest["rest_bone_poses"][0, :, :3, :3] if reference is None else reference
+    rotations = glob[:, None] @ poses[..., :3, :3] @ reference.transpose(-1, -2)
+    assert (bones.joints - joints).abs().max() < 1e-5
+    assert (bones.rotations - rotations).abs().max() < 1e-5
+    assert (bones.joints - anny(shape, **motion).joints).abs().max() < 1e-5
+
+
 def test_skinning_paths_agree(anny):
     """The sparse shared-rest path (one shape, no gradients, rest mesh cached per shape) gives the vertices of the
     differentiable per-frame path, also when shapes alternate between calls."""

@@ -12,7 +12,8 @@ fit_synthetic: random plausible Anny shapes / poses / expressions / cameras → 
   actions over the actions that move.
 real: the real dance videos in ../shared/data/real (skipped when absent) → reproj_err_pct, detected_ratio,
   jitter_ratio (mean |2nd difference| of fitted 2D landmarks ÷ the same for raw detections, over points seen in
-  three consecutive frames).
+  three consecutive frames), hand_found_given_wrist (share of seen wrists whose hand is found) beside holistic's
+  own share without the wrist-crop second look.
 fps: end-to-end (decode + detect + fit) on a real video resized to 512 px.
 real_photos: every photo in ../shared/data/real, reference mode → silhouette_iou / precision / coverage of the
   fitted mesh against MediaPipe's selfie segmentation (not the mask the fitter uses), beside the landmarks-only fit.
@@ -31,7 +32,7 @@ import torch
 from ..body import load_body_model
 from ..body.camera import default_focal, project, project_camera_points, to_camera, view_rotation
 from ..body.model import BodyModel
-from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack
+from ..body.track import CONF_GATE, LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack, seen_landmarks
 from ..track.correspondence import mesh_landmarks
 from ..track.detect import FrameDetection
 from ..track.fit import LandmarkBody, pose_basis
@@ -263,14 +264,41 @@ def jitter_ratio(track: EHMTrack, fitted2d: torch.Tensor) -> float:
     return float(acc(fitted2d)[both].mean() / acc(det)[both].mean().clamp(min=1e-6))
 
 
+def hand_found_given_wrist(landmarks: np.ndarray, confidence: np.ndarray, image_size: tuple[int, int]) -> float:
+    """Share of (frame, side) pairs whose pose wrist is seen inside the image in which that hand is detected too
+    (``landmarks`` [T, 553, 2], ``confidence`` [T, 553])."""
+    seen = seen_landmarks(landmarks, confidence, image_size)
+    wrists, found = [], []
+    for wrist, group in ((15, "left_hand"), (16, "right_hand")):
+        a, b = LANDMARK_GROUPS[group]
+        wrists.append(seen[:, wrist] & (confidence[:, wrist] >= 0.5))
+        found.append((confidence[:, a:b] >= CONF_GATE).any(1))
+    wrists, found = np.concatenate(wrists), np.concatenate(found)
+    return round(float(found[wrists].mean()), 3) if wrists.any() else float("nan")
+
+
+def holistic_hands_only(path: Path, max_frames: int | None) -> float:
+    """:func:`hand_found_given_wrist` of holistic alone (no wrist-crop second look): the baseline."""
+    from ..track.detect import Detector, stack_detections
+    from ..video import iter_frames, resize_long_side
+
+    with Detector(recover_hands=False) as detector:
+        dets = [detector(resize_long_side(f, 512)) for f in iter_frames(path, max_frames=max_frames)]
+    landmarks, confidence = stack_detections(dets)
+    size = resize_long_side(next(iter_frames(path, max_frames=1)), 512).shape[:2]
+    return hand_found_given_wrist(landmarks, confidence, size)
+
+
 def real_video(model: BodyModel, path: Path, max_frames: int | None) -> dict:
     start = time.perf_counter()
     track = track_file(path, model, max_frames=max_frames, long_side=512)
     seconds = time.perf_counter() - start
     fitted = fitted_landmarks2d(track, model)
+    hands = hand_found_given_wrist(track.landmarks2d.cpu().numpy(), track.confidence.cpu().numpy(), track.image_size)
     return dict(frames=track.num_frames, detected_ratio=round(float(track.detected.float().mean()), 3),
                 reproj_err_pct=round(reprojection_error_pct(track, model, fitted), 3),
-                jitter_ratio=round(jitter_ratio(track, fitted), 3), fps=round(track.num_frames / seconds, 2))
+                jitter_ratio=round(jitter_ratio(track, fitted), 3), fps=round(track.num_frames / seconds, 2),
+                hand_found_given_wrist=hands, hand_found_given_wrist_holistic_only=holistic_hands_only(path, max_frames))
 
 
 PHOTO_PATTERNS = ("photo_*", "ref_*")

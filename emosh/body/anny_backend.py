@@ -13,9 +13,9 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-import roma
 import torch
 
+from .kinematics import BoneTree, PosedBones, RestSkeleton
 from .model import BodyModel, BodyOutput, check_motion
 
 PART_NAMES = [
@@ -89,6 +89,7 @@ class AnnyBody(BodyModel):
         n_face = len(self.expression_labels)
         n_pheno = self._model.blendshapes.shape[0] - n_face - 2 * len(self._model.local_change_labels)
         self._facial_blendshapes = self._model.blendshapes[n_pheno:n_pheno + n_face].reshape(n_face, -1)
+        self._tree = BoneTree(self.joint_parents, self.device)
         self._build_sparse_skinning()
         # anny makes a new warp kernel object on every skinning call; two calls at once (two ComfyUI requests, two
         # threads) then race inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'").
@@ -103,44 +104,55 @@ class AnnyBody(BodyModel):
         if phenotypes.shape[-1] != len(self.shape_labels):
             raise ValueError(f"anny body model: shape must have {len(self.shape_labels)} phenotypes "
                              f"{self.shape_labels}, got {tuple(shape.shape)}")
-        m = self._model
-        deltas = torch.eye(4, device=self.device).repeat(b, len(self.joint_labels), 1, 1)
-        deltas[:, 1:, :3, :3] = roma.rotvec_to_rotmat(pose.to(self.device))
         expression = expression.to(self.device)
         differentiable = torch.is_grad_enabled() and any(
             t.requires_grad for t in (shape, pose, global_orient, translation, expression))
         shared_rest = phenotypes.shape[0] == 1 and not differentiable
-        rest = self._cached_rest(phenotypes) if shared_rest else self._rest_model(phenotypes)
-        bone_transforms, bone_poses = m.get_bone_transforms(deltas, rest["rest_bone_poses"])
-        # Skinning weights sum to one, so the global rigid motion can be folded into every bone transform.
-        rigid = torch.eye(4, device=self.device).repeat(b, 1, 1)
-        rigid[:, :3, :3] = roma.rotvec_to_rotmat(global_orient.to(self.device))
-        rigid[:, :3, 3] = translation.to(self.device)
-        bone_transforms = rigid[:, None] @ bone_transforms
-        joints = (rigid[:, None] @ bone_poses)[..., :3, 3]
+        rest, lifted = self._cached_rest(phenotypes) if shared_rest else (self.rest_skeleton(phenotypes), None)
+        # the global rigid motion is folded into every bone (skinning weights sum to one)
+        bones = self.pose_bones(rest, pose.to(self.device), global_orient.to(self.device), translation.to(self.device))
+        transforms = bones.matrices()
         if shared_rest:
-            verts = self._skin_shared_rest(rest["lifted_rest"], expression, bone_transforms)
+            verts = self._skin_shared_rest(lifted, expression, transforms)
         else:
             face_offsets = (expression @ self._facial_blendshapes).view(b, -1, 3)
-            verts = self._skin(rest["rest_vertices"] + face_offsets, bone_transforms)
-        return BodyOutput(vertices=verts, joints=joints)
+            verts = self._skin(rest.vertices + face_offsets, transforms)
+        return BodyOutput(vertices=verts, joints=bones.joints)
 
-    def _rest_model(self, phenotypes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Anny's rest mesh and skeleton for [S, 6] phenotypes (no local changes, no facial actions)."""
+    def rest_skeleton(self, shape: torch.Tensor) -> RestSkeleton:
+        """Anny's rest mesh and skeleton for phenotypes [S] or [R, S] (no local changes, no facial actions)."""
         m = self._model
+        phenotypes = shape.to(self.device, torch.float32)
+        phenotypes = phenotypes[None] if phenotypes.dim() == 1 else phenotypes
         no_face = torch.zeros(1, len(self.expression_labels), device=self.device)
         no_local = torch.zeros(1, len(m.local_change_labels), device=self.device)
-        return m.get_rest_model(m._get_phenotype_blendshape_coefficients(phenotypes, no_local, no_face))
+        rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(phenotypes, no_local, no_face))
+        return self._tree.rest(rest["rest_vertices"], rest["rest_bone_poses"], m.reference_bone_orientations)
 
-    def _cached_rest(self, phenotypes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rest model of one shape plus its lifted skinning matrix, kept for the next call with the same shape
+    def pose_bones(self, rest: RestSkeleton, pose: torch.Tensor, global_orient: torch.Tensor,
+                   translation: torch.Tensor) -> PosedBones:
+        return self._tree.pose(rest, pose, global_orient, translation)
+
+    def skinning_weights(self, vertex_ids: torch.Tensor) -> torch.Tensor:
+        from anny.skinning.skinning import dense_bone_weights  # deferred like every anny import
+
+        m = self._model
+        ids = vertex_ids.to(m.vertex_bone_weights.device)
+        return dense_bone_weights(m.vertex_bone_weights[ids].to(self.device, torch.float32),
+                                  m.vertex_bone_indices[ids].to(self.device).long(), len(self.joint_labels))
+
+    @property
+    def facial_blendshapes(self) -> torch.Tensor:
+        return self._facial_blendshapes.view(len(self.expression_labels), -1, 3)
+
+    def _cached_rest(self, phenotypes: torch.Tensor) -> tuple[RestSkeleton, torch.Tensor]:
+        """Rest skeleton of one shape plus its lifted skinning matrix, kept for the next call with the same shape
         (a track has one shape: rendering and animating pose it thousands of times). Not for gradients."""
         key = tuple(phenotypes.flatten().tolist())
         cached = self._last_rest
         if cached is None or cached[0] != key:
-            rest = self._rest_model(phenotypes)
-            rest["lifted_rest"] = self._lift_rest(rest["rest_vertices"][0])
-            cached = self._last_rest = (key, rest)
+            rest = self.rest_skeleton(phenotypes)
+            cached = self._last_rest = (key, (rest, self._lift_rest(rest.vertices[0])))
         return cached[1]
 
     def _build_sparse_skinning(self) -> None:
@@ -168,7 +180,7 @@ class AnnyBody(BodyModel):
         face_weights = dense_bone_weights(weights[moved].float(), bones[moved], len(self.joint_labels)).cpu()
         self._face_bones = torch.nonzero(face_weights.sum(0) > 0)[:, 0].to(self.device)  # 14 of the 104
         self._face_weights = face_weights[:, self._face_bones.cpu()].to(self.device)
-        self._last_rest: tuple[tuple[float, ...], dict[str, torch.Tensor]] | None = None
+        self._last_rest: tuple[tuple[float, ...], tuple[RestSkeleton, torch.Tensor]] | None = None
 
     def _lift_rest(self, rest_vertices: torch.Tensor) -> torch.Tensor:
         """The sparse [V, 4J] matrix L with L[v, 4j + c] = w_vj [x_v; 1]_c for rest vertices x [V, 3]."""

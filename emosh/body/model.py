@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import roma
 import torch
 
+from .kinematics import PosedBones, RestSkeleton
+
 
 @dataclass
 class BodyOutput:
@@ -89,6 +91,27 @@ class BodyModel(ABC):
 
     def part_index(self, name: str) -> int:
         return self.part_names.index(name)
+
+    # The skeleton behind ``forward``, for code that poses only a few points (the tracker's landmark skinning) or
+    # needs the bones themselves (BVH export). Backends whose kinematics are not written as a bone tree (see
+    # emosh.body.kinematics) do not offer them.
+    def rest_skeleton(self, shape: torch.Tensor) -> RestSkeleton:
+        """The rest mesh and skeleton of ``shape`` [S] or [R, S]."""
+        raise NotImplementedError(f"the {self.backend} body model does not expose a bone-tree skeleton")
+
+    def pose_bones(self, rest: RestSkeleton, pose: torch.Tensor, global_orient: torch.Tensor,
+                   translation: torch.Tensor) -> PosedBones:
+        """Bone rotations, joints and skinning transforms of B frames (see emosh.body.kinematics)."""
+        raise NotImplementedError(f"the {self.backend} body model does not expose a bone-tree skeleton")
+
+    def skinning_weights(self, vertex_ids: torch.Tensor) -> torch.Tensor:
+        """[M, J] dense skinning weights of the given vertices."""
+        raise NotImplementedError(f"the {self.backend} body model does not expose its skinning weights")
+
+    @property
+    def facial_blendshapes(self) -> torch.Tensor:
+        """[E, V, 3] vertex offsets per unit of each expression coefficient."""
+        raise NotImplementedError(f"the {self.backend} body model does not expose linear facial blendshapes")
 
 
 def apply_global(vertices: torch.Tensor, global_orient: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:

@@ -175,6 +175,77 @@ def _check_hands(det: FrameDetection) -> FrameDetection:
     return det
 
 
+class _HandRecovery:
+    """Second look for hands holistic missed: mediapipe's own hand model (palm detector + landmarks, shipped in
+    0.10.14) on a square crop around the pose model's wrist, index and pinky points, or around where the hand was in
+    the previous frame. Holistic finds its hands from the pose's wrist region at 256 px for the whole body, so
+    small hands, hands near the frame edge and fast (blurred) hands are lost; the crop shows them at full size.
+    A hand found in the crop counts only when its wrist lies near the pose wrist and it is not the other hand."""
+
+    _CROP_FOREARMS = 1.6  # crop side, in forearm lengths (a hand is about 0.6 of one)
+    _CROP_PX = 256  # the crop is resized to this side before the hand model sees it
+    _NEAR = 0.35  # max distance of the found wrist from the pose wrist, in crop sides
+
+    def __init__(self):
+        mp = _import_mediapipe()
+        self._hands = mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=1, model_complexity=1,
+                                               min_detection_confidence=0.5)
+        self._previous: dict[int, np.ndarray | None] = {_L_WRIST: None, _R_WRIST: None}  # hand box (x0, y0, x1, y1)
+
+    def close(self) -> None:
+        self._hands.close()
+
+    def __call__(self, image: np.ndarray, det: FrameDetection) -> FrameDetection:
+        """Fill the missing hands of ``det`` (pixels of ``image``) in place; returns ``det``."""
+        h, w = image.shape[:2]
+        sides = ((LEFT_HAND, _L_WRIST, 13, RIGHT_HAND), (RIGHT_HAND, _R_WRIST, 14, LEFT_HAND))
+        for group, wrist, elbow, other in sides:
+            if not det.confidence[group].any():
+                box = self._crop(det, wrist, elbow, w, h)
+                found = None if box is None else self._detect(image, box)
+                if found is not None and self._plausible(found, det, wrist, other, box):
+                    det.landmarks[group], det.confidence[group] = found, 1.0
+            self._previous[wrist] = _bbox(det.landmarks[group]) if det.confidence[group].any() else None
+        return det
+
+    def _crop(self, det: FrameDetection, wrist: int, elbow: int, w: int, h: int) -> np.ndarray | None:
+        """Square (x0, y0, x1, y1) px to search, or None when the pose does not place the hand in the image."""
+        previous = self._previous[wrist]
+        conf = det.confidence
+        if previous is not None:
+            centre, side = 0.5 * (previous[:2] + previous[2:]), 2.0 * float(np.max(previous[2:] - previous[:2]))
+        elif det.part_found("body") and conf[wrist] >= 0.5 and conf[elbow] >= 0.5:
+            hand_points = det.landmarks[[wrist, wrist + 2, wrist + 4]]  # wrist, pinky, index (pose model)
+            centre = hand_points.mean(0)
+            side = self._CROP_FOREARMS * float(np.linalg.norm(det.landmarks[wrist] - det.landmarks[elbow]))
+        else:
+            return None
+        anchor = det.landmarks[wrist] if det.part_found("body") else centre
+        if side < 4 * _MIN_HAND_PX or not (0 <= anchor[0] < w and 0 <= anchor[1] < h):
+            return None  # a hand whose wrist is in the image may still be cut by the frame edge: look anyway
+        return np.concatenate([centre - side / 2, centre + side / 2]).astype(np.float32)
+
+    def _detect(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        """[21, 2] px of the hand found in ``box`` (padded with black where it leaves the image), or None."""
+        side = float(box[2] - box[0])
+        scale = self._CROP_PX / side
+        matrix = np.array([[scale, 0.0, -box[0] * scale], [0.0, scale, -box[1] * scale]], np.float32)
+        crop = cv2.warpAffine(image, matrix, (self._CROP_PX, self._CROP_PX), flags=cv2.INTER_AREA
+                              if scale < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        result = self._hands.process(crop)
+        if not result.multi_hand_landmarks:
+            return None
+        return _points(result.multi_hand_landmarks[0].landmark, (float(box[0]), float(box[1]), side, side))
+
+    def _plausible(self, hand: np.ndarray, det: FrameDetection, wrist: int, other: slice, box: np.ndarray) -> bool:
+        side = float(box[2] - box[0])
+        if det.confidence[wrist] >= 0.5 and np.linalg.norm(hand[0] - det.landmarks[wrist]) > self._NEAR * side:
+            return False
+        if det.confidence[other].any() and np.linalg.norm(hand[0] - det.landmarks[other][0]) < 0.1 * side:
+            return False  # the hand the other side already has
+        return True
+
+
 class _PeopleCounter:
     """Face boxes (px) of everyone in a frame, from mediapipe's full-range face detector (ships in 0.10.14).
 
@@ -545,7 +616,7 @@ class Detector:
     """
 
     def __init__(self, backend: str = "auto", model_dir: str | os.PathLike | None = None,
-                 static_image: bool = False, detect_long_side: int = DETECT_LONG_SIDE):
+                 static_image: bool = False, detect_long_side: int = DETECT_LONG_SIDE, recover_hands: bool = True):
         if backend not in BACKENDS:
             raise InputError(f"Unknown detector backend {backend!r}; choose one of {BACKENDS}")
         if backend == "auto":
@@ -554,6 +625,8 @@ class Detector:
         self.detect_long_side = int(detect_long_side)
         self._impl: _HolisticBackend | _TasksBackend = (
             _HolisticBackend(static_image) if backend == "holistic" else _TasksBackend(static_image, model_dir))
+        # holistic's misses get a second look on a wrist crop (the tasks backend has its own whole-frame hand model)
+        self._hands = _HandRecovery() if recover_hands and backend == "holistic" else None
         self._warned = False
 
     def __enter__(self) -> "Detector":
@@ -566,6 +639,9 @@ class Detector:
         if self._impl is not None:
             self._impl.close()
             self._impl = None
+        if self._hands is not None:
+            self._hands.close()
+            self._hands = None
 
     def __call__(self, frame_rgb_uint8: np.ndarray) -> FrameDetection:
         if self._impl is None:
@@ -575,7 +651,10 @@ class Detector:
         if h == 0 or w == 0:
             raise InputError(f"Cannot detect landmarks in an empty image (shape {frame.shape})")
         work = resize_long_side(frame, self.detect_long_side)
-        det = self._impl.detect(np.ascontiguousarray(work))
+        work = np.ascontiguousarray(work)
+        det = self._impl.detect(work)
+        if self._hands is not None:
+            det = _check_hands(self._hands(work, det))
         if self._impl.warning is not None and not self._warned:
             warnings.warn(self._impl.warning, MultiplePeopleWarning, stacklevel=2)
             self._warned = True

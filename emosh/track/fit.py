@@ -21,6 +21,7 @@ import roma
 import torch
 
 from ..body.camera import view_rotation
+from ..body.kinematics import RestSkeleton
 from ..body.model import BodyModel
 from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS
 from .correspondence import LandmarkTable, landmark_table
@@ -43,23 +44,15 @@ TORSO_POINTS = list(range(0, 13)) + [23, 24]
 
 # ---------------------------------------------------------------------------------------------- landmark skinning
 class LandmarkBody:
-    """Anny restricted to the 553 landmarks: rest state once per shape, then FK + LBS of the needed vertices only.
-
-    Anny's 'local-ref' kinematics reduce to world-axis rotations: with G_c = G_parent · D_c (D = the bone's
-    rotation), the joint is j_c = j_parent + G_parent · o_c (o = the bone's offset in Anny's reference pose) and
-    the skinning transform is x ↦ G_c A_c (x - h_c) + j_c (A_c = reference · rest⁻¹ orientation, h = rest head).
-    Working on 3×3 rotations level by level and blending skinning transforms with a dense weight matrix is several
-    times faster than Anny's generic homogeneous chain; ``tests/test_tracker.py`` checks it against the full model.
-    """
+    """The body model restricted to the 553 landmarks: rest state once per shape, then the model's own bone
+    kinematics (``BodyModel.pose_bones``) and LBS of the ~1,500 vertices under a landmark only, which is what makes
+    the fit fast enough for video on a CPU. ``tests/test_tracker.py`` checks it against the full model."""
 
     def __init__(self, model: BodyModel, table: LandmarkTable | None = None):
-        from anny.skinning.skinning import dense_bone_weights  # deferred like every anny import
-
         if model.backend != "anny":
             raise ValueError("the tracker fits the Anny body model; load_body_model('anny')")
         self.model = model
         self.table = table if table is not None else landmark_table(model)
-        m = model._model
         dev = model.device
         surf = torch.nonzero(~self.table.is_joint).squeeze(1)
         corners = model.faces[self.table.face_id[surf]]  # [S, 3]
@@ -68,77 +61,34 @@ class LandmarkBody:
         self.surface_corners = inverse.view(-1, 3)
         self.surface_bary = self.table.bary[surf].to(dev)
         self.joint_index = torch.nonzero(self.table.is_joint).squeeze(1)
-        n_joints = len(model.joint_labels)
-        self.skin_weights = dense_bone_weights(  # [M, J]
-            m.vertex_bone_weights[self.vertex_ids].to(dev, torch.float32),
-            m.vertex_bone_indices[self.vertex_ids].to(dev).long(), n_joints)
-        n_face = len(model.expression_labels)
-        self.facial = model._facial_blendshapes.view(n_face, -1, 3)[:, self.vertex_ids.to(dev)].to(torch.float32)
-        self.parents = torch.tensor(model.joint_parents, device=dev)
-        depth = [0] * n_joints
-        for c, p in enumerate(model.joint_parents):
-            depth[c] = 0 if p < 0 else depth[p] + 1
-        if depth.count(0) != 1 or model.joint_parents[0] >= 0:
-            raise ValueError("expected a single root joint at index 0")
-        self.levels = [torch.tensor([c for c in range(n_joints) if depth[c] == d], device=dev)
-                       for d in range(1, max(depth) + 1)]
-        chain = torch.cat([torch.zeros(1, dtype=torch.long, device=dev)] + self.levels)
-        position = torch.empty_like(chain)
-        position[chain] = torch.arange(chain.numel(), device=dev)
-        self.order = position  # chain order → joint order
-        # parents of level d all sit in level d-1: their index inside that level
-        within = {0: 0}
-        for idx in self.levels:
-            for k, c in enumerate(idx.tolist()):
-                within[c] = k
-        self.parent_within = [torch.tensor([within[int(p)] for p in self.parents[idx].tolist()], device=dev)
-                              for idx in self.levels]
+        self.skin_weights = model.skinning_weights(self.vertex_ids)  # [M, J]
+        self.facial = model.facial_blendshapes[:, self.vertex_ids.to(dev)].to(torch.float32)  # [E, M, 3]
         table_order = torch.cat([self.joint_index, self.surface_index])
         self.table_order = torch.argsort(table_order)
 
-    def rest(self, shape: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rest landmark-vertices [M, 3], rest heads h [J, 3], reference offsets o [J, 3], A [J, 3, 3] and the
-        root's reference rotation (see the class docstring)."""
-        m = self.model._model
-        dev = self.model.device
-        no_face = torch.zeros(1, len(self.model.expression_labels), device=dev)
-        no_local = torch.zeros(1, len(m.local_change_labels), device=dev)
-        rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(shape[None], no_local, no_face))
-        rot, heads = rest["rest_bone_poses"][0, :, :3, :3], rest["rest_bone_poses"][0, :, :3, 3]
-        ref = m.reference_bone_orientations.to(rot) if m.reference_bone_orientations is not None else rot
-        A = ref @ rot.transpose(1, 2)
-        parent = self.parents.clamp(min=0)
-        A_parent = torch.cat([torch.eye(3, device=dev)[None], A[1:]])[parent]  # Anny takes A_root = I here
-        offsets = (A_parent @ (heads - heads[parent])[..., None]).squeeze(-1)
-        return dict(vertices=rest["rest_vertices"][0, self.vertex_ids.to(dev)], heads=heads, offsets=offsets, A=A,
-                    root=ref[0].T)
+    def rest(self, shape: torch.Tensor) -> RestSkeleton:
+        """The rest skeleton of ``shape`` [S], its vertices restricted to the landmark vertices [1, M, 3]."""
+        rest = self.model.rest_skeleton(shape)
+        return replace(rest, vertices=rest.vertices[:, self.vertex_ids.to(rest.vertices.device)])
 
-    def landmarks(self, rest: dict[str, torch.Tensor], pose: torch.Tensor, global_orient: torch.Tensor,
+    def landmarks(self, rest: RestSkeleton, pose: torch.Tensor, global_orient: torch.Tensor,
                   translation: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
-        """[B, 553, 3] world-frame landmark positions (same maths as AnnyBody.forward + mesh_landmarks)."""
+        """[B, 553, 3] world-frame landmark positions (same maths as the model's forward + mesh_landmarks)."""
         return self.posed(rest, pose, global_orient, translation, expression)[0]
 
-    def posed(self, rest: dict[str, torch.Tensor], pose: torch.Tensor, global_orient: torch.Tensor,
+    def posed(self, rest: RestSkeleton, pose: torch.Tensor, global_orient: torch.Tensor,
               translation: torch.Tensor, expression: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(landmarks [B, 553, 3], joints [B, J, 3]) in the world frame."""
         b = pose.shape[0]
-        rots = roma.rotvec_to_rotmat(pose)  # [B, J-1, 3, 3]
-        G = [roma.rotvec_to_rotmat(global_orient)[:, None] @ rest["root"]]  # per level [B, n_level, 3, 3]
-        Jp = [translation[:, None]]  # the root head is at the origin
-        for idx, par in zip(self.levels, self.parent_within):
-            g_par = G[-1][:, par]
-            Jp.append(Jp[-1][:, par] + (g_par @ rest["offsets"][idx][None, :, :, None]).squeeze(-1))
-            G.append(g_par @ rots[:, idx - 1])
-        G, joints = torch.cat(G, 1)[:, self.order], torch.cat(Jp, 1)[:, self.order]
-        rot = G @ rest["A"][None]
-        trans = joints - (rot @ rest["heads"][None, :, :, None]).squeeze(-1)
-        flat = torch.cat([rot.flatten(2), trans], 2)  # [B, J, 12]
+        bones = self.model.pose_bones(rest, pose, global_orient, translation)
+        flat = torch.cat([bones.skin_rotations.flatten(2), bones.skin_translations], 2)  # [B, J, 12]
         blended = torch.matmul(self.skin_weights, flat)  # [B, M, 12]
-        verts = rest["vertices"][None] + torch.einsum("be,emc->bmc", expression, self.facial)
+        verts = rest.vertices + torch.einsum("be,emc->bmc", expression, self.facial)
         skinned = (blended[..., :9].reshape(b, -1, 3, 3) * verts[:, :, None, :]).sum(-1) + blended[..., 9:]
         tab = self.table
         j = self.joint_index
         w = tab.joint_w[j][None, :, None]
+        joints = bones.joints
         joint_pts = (1 - w) * joints[:, tab.joint_a[j]] + w * joints[:, tab.joint_b[j]]
         surface_pts = (skinned[:, self.surface_corners] * self.surface_bary[None, :, :, None]).sum(2)
         out = torch.cat([joint_pts, surface_pts], 1)[:, self.table_order]
@@ -267,22 +217,6 @@ def _orient_flexion(model: BodyModel, basis: PoseBasis) -> PoseBasis:
 
 
 # ---------------------------------------------------------------------------------------------- fitting
-def _similarity_align(points: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
-    """``points`` [T, N, 2] moved onto ``onto`` [T, N, 2] by the per-frame 2D similarity (rotation, scale,
-    translation) that fits best in least squares; the transform is held fixed (detached), so what is left to
-    fit is the points' shape, not where the head is or how it is turned."""
-    p = points - points.mean(1, keepdim=True)
-    d = onto - onto.mean(1, keepdim=True)
-    with torch.no_grad():
-        dot = (p * d).sum((1, 2))
-        cross = (p[..., 0] * d[..., 1] - p[..., 1] * d[..., 0]).sum(1)
-        norm = p.square().sum((1, 2)).clamp(min=1e-9)
-        a, b = dot / norm, cross / norm  # s·cos θ, s·sin θ
-    x, y = p[..., 0], p[..., 1]
-    rotated = torch.stack([a[:, None] * x - b[:, None] * y, b[:, None] * x + a[:, None] * y], -1)
-    return rotated + onto.mean(1, keepdim=True)
-
-
 @contextmanager
 def _small_op_threads(device: torch.device):
     """The fit is thousands of tiny ops: on CPU one intra-op thread is faster, and far faster on a busy machine
@@ -563,11 +497,10 @@ class Fitter:
         seen = (w > 0).all(1)
         if not seen.any():
             return proj.new_zeros(())
-        p, d, w = _similarity_align(proj[seen][:, idx], targets.landmarks[seen][:, idx]), \
-            targets.landmarks[seen][:, idx], w[seen]
+        p, d, w = proj[seen][:, idx], targets.landmarks[seen][:, idx], w[seen]
         face = targets.landmarks[seen][:, FACE]
         height = (face[..., 1].amax(1) - face[..., 1].amin(1)).clamp(min=1.0)[:, None]
-        err = (p - d).norm(dim=-1) / height * 100.0
+        err = ((p - p.mean(1, keepdim=True)) - (d - d.mean(1, keepdim=True))).norm(dim=-1) / height * 100.0
         s2 = wts.face_detail_sigma ** 2
         rho = err.square() / (err.square() + s2) * s2
         return wts.face_detail * (w * rho).mean(1).sum() / proj.shape[0]
