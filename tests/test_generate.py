@@ -13,32 +13,7 @@ from emosh.generate.adapter import InjectionSchedule, MotionAdapter, inject_moti
 from emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, plan_chunks,
                                    run_model_on_chunk)
 
-TEXT_DIM = 32
-
-
-def tiny_transformer(seed: int = 0):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
-                                 out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2,
-                                 rope_max_seq_len=64).eval()
-
-
-def tiny_vae(seed: int = 0):
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True]).eval()
-
-
-def random_adapter(dim: int = 32, std: float = 0.2) -> MotionAdapter:
-    adapter = MotionAdapter(dim)
-    with torch.no_grad():
-        adapter.proj.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(7))
-    return adapter
-
+from helpers import TEXT_DIM, moving_video, random_adapter, tiny_transformer, tiny_vae
 
 def tiny_pipeline(adapter: MotionAdapter | None = None):
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -47,15 +22,6 @@ def tiny_pipeline(adapter: MotionAdapter | None = None):
 
     return EmoshPipeline(tiny_transformer(), tiny_vae(), FlowMatchEulerDiscreteScheduler(shift=3.0),
                          adapter or random_adapter())
-
-
-def moving_video(frames: int, size: int = 32) -> torch.Tensor:
-    """A smooth moving gradient ``[N, H, W, 3]`` in 0..1."""
-    t = torch.linspace(0, 1, frames).view(-1, 1, 1, 1)
-    y = torch.linspace(0, 1, size).view(1, -1, 1, 1)
-    x = torch.linspace(0, 1, size).view(1, 1, -1, 1)
-    return torch.cat([((x + t) % 1).expand(frames, size, size, 1), y.expand(frames, size, size, 1),
-                      (0.5 + 0.5 * torch.sin(6 * (x + y + t))).expand(frames, size, size, 1)], dim=-1)
 
 
 # ---------------------------------------------------------------- adapter
@@ -119,15 +85,43 @@ def test_schedule_and_step_progress():
 
 
 def test_adapter_save_load_roundtrip_and_missing_file(tmp_path):
+    from emosh.generate.loaders import load_adapter
+
     adapter = random_adapter()
-    path = tmp_path / "a.safetensors"
-    adapter.save(path)
-    loaded = MotionAdapter.load(path)
-    assert (loaded.dim, loaded.patch_size, loaded.latent_channels) == (32, (1, 2, 2), 16)
+    adapter.save_pretrained(tmp_path / "adapter")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
     motion = torch.randn(1, 16, 2, 6, 6)
-    assert torch.equal(loaded(motion), adapter(motion))
+    for source in (tmp_path / "adapter", tmp_path / "adapter" / "diffusion_pytorch_model.safetensors"):
+        loaded = load_adapter(source)  # the folder, or its weights file as ComfyUI lists it
+        assert (loaded.dim, loaded.patch_size, loaded.latent_channels) == (32, (1, 2, 2), 16)
+        assert torch.equal(loaded(motion), adapter(motion))
+    assert torch.equal(MotionAdapter.from_pretrained(tmp_path / "adapter")(motion), adapter(motion))
     with pytest.raises(MissingModelError, match="nope.safetensors"):
-        MotionAdapter.load(tmp_path / "nope.safetensors")
+        load_adapter(tmp_path / "nope.safetensors")
+
+
+def test_adapter_files_of_the_first_format_still_load(tmp_path):
+    """Single files written before the diffusers format (config in the header) load; other files are refused."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from emosh.generate.loaders import load_adapter
+
+    adapter = random_adapter()
+    tensors = {k: v.contiguous() for k, v in adapter.state_dict().items()}
+    config = {"dim": 32, "patch_size": [1, 2, 2], "latent_channels": 16}
+    save_file(tensors, str(tmp_path / "old.safetensors"),
+              metadata={"format": "emosh-motion-adapter", "version": "1", "config": json.dumps(config)})
+    motion = torch.randn(1, 16, 2, 6, 6)
+    assert torch.equal(load_adapter(tmp_path / "old.safetensors")(motion), adapter(motion))
+    save_file(tensors, str(tmp_path / "lora.safetensors"), metadata={"format": "lora"})
+    with pytest.raises(InputError, match="not an EMOSH motion adapter"):
+        load_adapter(tmp_path / "lora.safetensors")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
+    with pytest.raises(InputError, match="WanTransformer3DModel, not an EMOSH MotionAdapter"):
+        load_adapter(tmp_path / "other")
 
 
 def test_inject_motion_rejects_frame_count_mismatch():
@@ -263,14 +257,14 @@ def test_pipeline_loads_diffusers_folder_and_single_file(tmp_path):
     transformer, vae = tiny_transformer(), tiny_vae()
     transformer.save_pretrained(tmp_path / "model" / "transformer", safe_serialization=True)
     vae.save_pretrained(tmp_path / "model" / "vae", safe_serialization=True)
-    random_adapter().save(tmp_path / "adapter.safetensors")
-    pipe = EmoshPipeline.from_pretrained(tmp_path / "model", adapter=tmp_path / "adapter.safetensors")
+    random_adapter().save_pretrained(tmp_path / "adapter")
+    pipe = EmoshPipeline.from_pretrained(tmp_path / "model", adapter=tmp_path / "adapter")
     assert torch.equal(pipe.transformer.patch_embedding.weight, transformer.patch_embedding.weight)
     config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
     save_file(transformer.state_dict(), str(tmp_path / "wan.safetensors"),
               metadata={"config": json.dumps(config, default=list)})
     single = EmoshPipeline.from_pretrained(tmp_path / "wan.safetensors", vae=tmp_path / "model" / "vae",
-                                           adapter=tmp_path / "adapter.safetensors")
+                                           adapter=tmp_path / "adapter")
     x = torch.randn(1, 16, 2, 4, 4)
     kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 3, TEXT_DIM), return_dict=False)
     with torch.no_grad():
@@ -319,8 +313,8 @@ def test_two_training_steps_change_the_adapter(tmp_path):
     assert (pipe.adapter.proj.weight - before).abs().max() > 0, "adapter weights did not change"
     assert lora and any(layer.lora_b.abs().max() > 0 for layer in lora.values())
     save_lora(lora, tmp_path / "lora.safetensors")
-    pipe.adapter.save(tmp_path / "adapter.safetensors")
-    assert MotionAdapter.load(tmp_path / "adapter.safetensors").proj.weight.abs().max() > 0
+    pipe.adapter.save_pretrained(tmp_path / "adapter")
+    assert MotionAdapter.from_pretrained(tmp_path / "adapter").proj.weight.abs().max() > 0
     fresh = tiny_transformer()
     assert len(load_lora(fresh, tmp_path / "lora.safetensors")) == len(lora)
     x = torch.randn(1, 16, 2, 4, 4)
@@ -348,7 +342,7 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
-    assert MotionAdapter.load(tmp_path / "run" / "emosh_adapter.safetensors").proj.weight.abs().max() > 0
+    assert MotionAdapter.from_pretrained(tmp_path / "run" / "emosh_adapter").proj.weight.abs().max() > 0
     assert (tmp_path / "run" / "emosh_lora.safetensors").is_file()
     import random
 
