@@ -237,9 +237,18 @@ def animate_tracks(model: BodyModel, reference_image: np.ndarray, reference_trac
     options = options or AnimateOptions()
     stages = _Stages(progress, cancel)
     pipeline = load_diffusion(options) if options.model is not None else None
+    return animation(model, reference_image, reference_track, driving_track, pipeline, options, stages)[1]
+
+
+def animation(model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack, driving_track: EHMTrack,
+              pipeline, options: AnimateOptions, stages: _Stages) -> tuple:
+    """What every entry point runs once the tracks exist: the aligned output (``AlignResult``) and its frames,
+    batch by batch (lazily: nothing is rendered before the first batch is asked for)."""
     aligned = plan_output(model, reference_image, reference_track, driving_track, options, stages)
     batches = iter_animation(model, reference_image, reference_track, aligned, options, stages)
-    return diffuse(pipeline, aligned.reference_image, batches, options, stages) if pipeline else batches
+    if pipeline is not None:
+        batches = diffuse(pipeline, aligned.reference_image, batches, options, stages)
+    return aligned, batches
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
@@ -323,7 +332,7 @@ def animate(reference: str | os.PathLike, driving: str | os.PathLike, out: str |
         folder = Path(save_track)
         ref_track.save(folder / "reference.safetensors")
         drv_track.save(folder / "driving.safetensors")
-    aligned = plan_output(model, reference_image, ref_track, drv_track, options, stages)
+    aligned, batches = animation(model, reference_image, ref_track, drv_track, pipeline, options, stages)
     if save_track is not None:
         aligned.track.save(Path(save_track) / "output.safetensors")
     fps = float(options.fps or drv_track.fps)
@@ -334,9 +343,6 @@ def animate(reference: str | os.PathLike, driving: str | os.PathLike, out: str |
     with ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(out, fps))
         control_writer = stack.enter_context(VideoWriter(save_control, fps)) if save_control else None
-        batches = iter_animation(model, reference_image, ref_track, aligned, options, stages)
-        if pipeline is not None:
-            batches = diffuse(pipeline, aligned.reference_image, batches, options, stages)
         for batch in batches:
             control, output = to_uint8(batch.control), to_uint8(batch.output)
             begin = time.perf_counter()
