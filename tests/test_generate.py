@@ -212,13 +212,26 @@ def test_motion_changes_generation_and_zero_strength_does_not():
     assert (moved - base).abs().max() > 1e-4
 
 
-def test_init_video_with_partial_denoise():
+def test_partial_denoise_keeps_the_init_video():
+    """The less is denoised, the closer the result stays to the init video's latents (and not to another video)."""
     pipe = tiny_pipeline()
     control = moving_video(9)
-    text = torch.randn(1, 6, TEXT_DIM)
-    out = pipe(control[0], control, text, init_video=control.flip(2), denoise=0.5, num_inference_steps=4,
-               guidance_scale=1.0, chunk_frames=9, overlap_frames=0)
-    assert torch.isfinite(out.latents).all() and out.video.shape == control.shape
+    init = control.flip(2)
+    text = torch.randn(1, 6, TEXT_DIM, generator=torch.Generator().manual_seed(2))
+    init_latents, other_latents = pipe.encode_video(init), pipe.encode_video(control)
+    args = dict(num_inference_steps=4, guidance_scale=1.0, chunk_frames=9, overlap_frames=0, decode=False)
+
+    def result(denoise: float) -> torch.Tensor:
+        return pipe(control[0], control, text, init_video=init, denoise=denoise, **args).latents
+
+    light, half, full = result(0.25), result(0.5), result(1.0)
+    distance = [float((out - init_latents).abs().mean()) for out in (light, half, full)]
+    assert distance[0] < 0.2 * float(init_latents.abs().mean()), "one step of four keeps the init video"
+    assert distance[0] < float((light - other_latents).abs().mean()) / 2, "closer to the init than to another video"
+    assert distance[0] < distance[1] < distance[2], distance
+    decoded = pipe(control[0], control, text, init_video=init, denoise=0.5, num_inference_steps=4,
+                   guidance_scale=1.0, chunk_frames=9, overlap_frames=0)
+    assert torch.isfinite(decoded.latents).all() and decoded.video.shape == control.shape
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
