@@ -220,6 +220,27 @@ def test_face_crops_follow_the_tracked_face_and_are_stable(anny):
         facecrop.face_crops(frames[:3], track, anny)
 
 
+def test_face_crops_of_a_real_clip_are_centred_on_the_face(anny, carphone_path):
+    """On real frames (carphone, its own detections) the detector finds the face again in every crop, centred and
+    filling most of it, as Wan-Animate's face_video expects."""
+    from emosh.track.detect import FACE, Detector, detect_frames, stack_detections
+    from emosh.video import read_frames
+
+    frames = read_frames(carphone_path, max_frames=6)
+    landmarks, confidence = stack_detections(detect_frames(frames))
+    track = synthetic_track(anny, frames=6, size=frames.shape[1:3], landmarks2d=torch.from_numpy(landmarks).float(),
+                            confidence=torch.from_numpy(confidence).float())
+    crops, _ = facecrop.face_crops(frames, track, anny, size=128, smoothing=0.0)
+    with Detector(static_image=True) as detector:
+        for i, crop in enumerate(crops):
+            det = detector(crop)
+            face = det.landmarks[FACE][det.confidence[FACE] > 0]
+            assert len(face) > 100, f"no face found in crop {i}"
+            assert np.abs(face.mean(0) - 64).max() < 10, f"crop {i}: face centre {face.mean(0)}"
+            width = np.ptp(face[:, 0])
+            assert 0.75 * 128 < width < 0.95 * 128, f"crop {i}: face {width:.0f} px wide in 128 (Wan: 1.3 x the face)"
+
+
 def test_face_crops_use_the_detected_face_where_there_is_one(anny):
     frames_n = 4
     track = synthetic_track(anny, frames=frames_n, size=(360, 480))

@@ -132,9 +132,19 @@ class TestOddImages:
         assert small.shape == (288, 512, 3)
         assert small[133:155, 240:272].mean() > 200 and small[:100].max() == 0
 
-    def test_64px_frame_upscaled_for_work(self):
-        frame = np.zeros((64, 64, 3), np.uint8)
-        assert video.resize_long_side(frame, 256).shape == (256, 256, 3)
+    def test_64px_frame_upscaled_for_work(self, photo_detector, astronaut, monkeypatch):
+        """The detector sees a 64 px photo enlarged to its working size; its points come back in 64 px pixels."""
+        import cv2
+
+        from emosh.track.detect import DETECT_LONG_SIDE
+
+        seen, detect = [], photo_detector._impl.detect
+        monkeypatch.setattr(photo_detector._impl, "detect", lambda image: seen.append(image.shape) or detect(image))
+        det = photo_detector(cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA))
+        assert seen == [(DETECT_LONG_SIDE, DETECT_LONG_SIDE, 3)], "the detector must work on the enlarged frame"
+        points = det.landmarks[det.confidence > 0.5]
+        inside = ((points >= 0) & (points < 64)).all(axis=1)
+        assert len(points) > 50 and inside.mean() > 0.9, "points are mapped back to the 64 px frame"
 
 
 # ========== 2. files: tracks
