@@ -34,6 +34,7 @@ def animated(astronaut_path, carphone_path, tmp_path_factory):
     return out, json.loads(stdout.getvalue().strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cli_writes_video_control_tracks_montage_and_summary(animated):
     out, summary = animated
     assert summary["frames"] == 8 and summary["output"] == str(out / "out.mp4")
@@ -47,6 +48,7 @@ def test_cli_writes_video_control_tracks_montage_and_summary(animated):
                                                             "output.safetensors"}
 
 
+@pytest.mark.slow
 def test_output_is_the_moving_person_on_the_rendered_mask(animated, astronaut_path):
     """Not the reference repeated: the person region differs from the photo and changes over time; and a person
     segmenter run on the output finds the person where the retargeted mesh was rendered."""

@@ -861,6 +861,7 @@ class TestRetargetAlign:
 
 
 # ========== the main job: Ctrl-C in the CLI, then the next run
+@pytest.mark.slow
 def test_ctrl_c_in_cli_leaves_no_partial_output_and_next_run_works(astronaut_path, carphone_path, tmp_path,
                                                                     monkeypatch, capsys):
     from emosh.cli import main
@@ -915,6 +916,7 @@ def test_main_job_refuses_unusable_inputs_before_any_work(astronaut_path, carpho
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_batched_calls_from_two_threads_in_a_fresh_process():
     """Batched body-model calls from two threads (ComfyUI requests; the CPU skinning pool splits each batch over
     threads too) crashed inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'") because anny

@@ -178,6 +178,7 @@ def test_chunk_conditioning_order_and_mask():
 # ---------------------------------------------------------------- diffusers pipeline
 
 
+@pytest.mark.slow
 def test_chunked_sampling_is_deterministic_and_continuous_at_seams():
     pipe = tiny_pipeline()
     control = moving_video(37)
