@@ -77,8 +77,8 @@ def _cli(inputs, monkeypatch) -> tuple[EHMTrack, np.ndarray, np.ndarray]:
     _Recorder.videos.clear()
     cli.animate(folder / "reference.png", folder / "driving.mp4", folder / "out.mp4", OPTIONS,
                 save_control=folder / "control.mp4", save_track=folder / "tracks")
-    return (EHMTrack.load(folder / "tracks" / "output.safetensors"),
-            np.stack(_Recorder.videos[str(folder / "control.mp4")]), np.stack(_Recorder.videos[str(folder / "out.mp4")]))
+    recorded = {name: np.stack(_Recorder.videos[str(folder / name)]) for name in ("control.mp4", "out.mp4")}
+    return EHMTrack.load(folder / "tracks" / "output.safetensors"), recorded["control.mp4"], recorded["out.mp4"]
 
 
 def _defaults(cls) -> dict:

@@ -395,3 +395,88 @@ def test_node_schemas():
                     assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], name
     assert module.EmoshSampler.RETURN_TYPES == ("LATENT", "IMAGE")
     assert module.HybridMotionInjector.RETURN_TYPES == ("MODEL",)
+
+
+class _ComfyStandIns:
+    """The few ComfyUI calls the EMOSH Sampler makes, recorded: sampling returns the chunk's own noise, so the
+    assembled latent must be the whole video's noise again."""
+
+    def __init__(self, monkeypatch) -> None:
+        import types
+
+        self.calls, self.progress = [], []
+        comfy = types.ModuleType("comfy")
+        comfy.sample = types.SimpleNamespace(
+            prepare_noise=lambda latent, seed: torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)),
+            sample=self.sample)
+        comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(
+            update_absolute=lambda done, total=None: self.progress.append((done, total))))
+        comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: None)
+        comfy.patcher_extension = types.SimpleNamespace(WrappersMP=types.SimpleNamespace(DIFFUSION_MODEL="diffusion"))
+        for name in ("sample", "utils", "model_management", "patcher_extension"):
+            monkeypatch.setitem(sys.modules, f"comfy.{name}", getattr(comfy, name))
+        monkeypatch.setitem(sys.modules, "comfy", comfy)
+        monkeypatch.setitem(sys.modules, "node_helpers", types.SimpleNamespace())
+
+    def sample(self, model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, **kwargs):
+        self.calls.append((model.model_options["transformer_options"]["emosh_chunk"], noise, latent_image))
+        return noise.clone()
+
+
+class _StandInModel:
+    """A ComfyUI MODEL as far as the sampler touches it (clone, wrappers, options, latent format)."""
+
+    def __init__(self) -> None:
+        import types
+
+        self.model = types.SimpleNamespace(process_latent_in=lambda latents: 2.0 * latents)
+        self.model_options, self.wrappers = {}, {}
+
+    def clone(self) -> "_StandInModel":
+        import copy
+
+        other = _StandInModel()
+        other.model, other.model_options = self.model, copy.deepcopy(self.model_options)
+        other.wrappers = copy.deepcopy(self.wrappers)
+        return other
+
+    def add_wrapper_with_key(self, kind, key, fn) -> None:
+        self.wrappers.setdefault(kind, {})[key] = fn
+
+
+class _StandInVae:
+    """Encodes each latent frame as the mean of its pixels (so init latents are recognisable); decodes to grey."""
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        n, h, w, _ = frames.shape
+        means = torch.stack([frames[:1].mean()] + [frames[i:i + 4].mean() for i in range(1, n, 4)])
+        return means.view(1, 1, -1, 1, 1).expand(1, 16, -1, h // 8, w // 8).clone()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        _, _, t, h, w = latents.shape
+        return torch.full((1, 4 * (t - 1) + 1, 8 * h, 8 * w, 3), 0.5)
+
+
+def test_sampler_node_runs_the_shared_chunk_loop(monkeypatch):
+    """The EMOSH Sampler node, with ComfyUI stood in: one sampler run per planned chunk on that chunk's slice of the
+    whole-video noise and of the init latents, conditioning in model space, progress to the last chunk."""
+    comfy = _ComfyStandIns(monkeypatch)
+    sampler = _load_node_module().EmoshSampler()
+    control = moving_video(37)
+    init = control.flip(2)
+    latent, images = sampler.sample(_StandInModel(), [], [], _StandInVae(), control[:1], control, seed=5, steps=2,
+                                    cfg=1.0, sampler_name="euler", scheduler="simple", chunk_frames=17,
+                                    overlap_frames=8, temporal_latents=1, denoise=0.5, init_video=init)
+    chunks = plan_chunks(10, 5, 2)
+    noise = torch.randn(1, 16, 10, 4, 4, generator=torch.Generator().manual_seed(5))
+    assert [window.start for window, _, _ in comfy.calls] == [c.start for c in chunks]
+    init_latents = _StandInVae().encode(init)
+    for chunk, (window, chunk_noise, latent_image) in zip(chunks, comfy.calls):
+        assert torch.equal(chunk_noise, noise[:, :, chunk.start:chunk.stop])
+        assert torch.equal(latent_image, init_latents[:, :, chunk.start:chunk.stop])
+        expected_temporal = 1 if chunk.index else 0
+        assert window.conditioning.num_temporal == expected_temporal
+    reference = _StandInVae().encode(control[:1])
+    assert torch.equal(comfy.calls[0][0].conditioning.latents, 2.0 * reference), "conditioning in model space"
+    assert torch.allclose(latent["samples"], noise, atol=1e-6), "chunks cross-faded back into one video"
+    assert comfy.progress[-1] == (len(chunks), len(chunks)) and images.shape == (37, 32, 32, 3)
