@@ -1,11 +1,12 @@
 """``python -m emosh animate`` and the ComfyUI node graph give the same output for the same inputs.
 
-The CLI is run through ``emosh.animate.animate`` (what the ``animate`` command calls) with its tracking stage given
-ready tracks and its video writer recording frames before encoding; the graph is Shape Swap / Retarget → Spatial
-Align → Mesh Condition Renderer → EMOSH Preview Animate, called as ComfyUI calls them (inference mode, IMAGE
-tensors, every widget at its default). The driver's left arm leaves the frame, so the unseen-limb rule is part of
-what must agree, and so is the background plate: a stand-in segmenter finds "hair" around the body that the
-mesh does not cover.
+Tracking: both sides feed the one tracker function the same frames and settings. After tracking, the CLI is run
+through ``emosh.animate.animate`` (what the ``animate`` command calls) with its tracking stage given ready tracks
+and its video writer recording frames before encoding; the graph is Shape Swap / Retarget → Spatial Align → Mesh
+Condition Renderer → EMOSH Preview Animate, called as ComfyUI calls them (inference mode, IMAGE tensors, every
+widget at its default). The driver's left arm leaves the frame, so the unseen-limb rule is part of what must
+agree, and so is the background plate: a stand-in segmenter finds "hair" around the body that the mesh does not
+cover.
 """
 from __future__ import annotations
 
@@ -123,3 +124,41 @@ def test_cli_and_node_graph_give_identical_tracks_and_frames(anny, inputs, monke
     assert np.array_equal(cli_control, to_uint8(graph_control)), "control frames differ"
     assert np.array_equal(cli_output, to_uint8(graph_output)), "output frames differ"
     assert cli_output.std() > 10, "not an empty frame"
+
+
+def test_cli_and_tracker_node_track_the_same_frames_with_the_same_settings(anny, astronaut_path, carphone_path,
+                                                                          monkeypatch):
+    """Tracking is one function (``track_frames``); what could differ is what each side gives it. The CLI's
+    tracking stage and the EHM Tracker node (fed as the workflows feed it: Load Image, and the video's frames and
+    fps from Get Video Components) must pass the same frames and the same settings."""
+    import inspect
+
+    from emosh.track import tracker
+    from emosh.video import probe_video, read_frames, read_image
+
+    calls = []
+    real = tracker.track_frames
+
+    def record(frames, body_model, **kwargs):
+        frames = np.stack(list(frames))
+        bound = inspect.signature(real).bind(frames, body_model, **kwargs)
+        bound.apply_defaults()
+        calls.append({k: v for k, v in bound.arguments.items() if k not in ("progress", "cancel", "meta")})
+        return synthetic_track(anny, frames.shape[0], size=frames.shape[1:3], fps=kwargs.get("fps", 25.0))
+
+    monkeypatch.setattr(tracker, "track_frames", record)
+    photo = read_image(astronaut_path)
+    cli.track_inputs(anny, photo, carphone_path, cli.AnimateOptions(max_frames=3), cli._Stages(None, None))
+    node = pack_nodes().NODE_CLASS_MAPPINGS["EmoshTracker"]
+    to_image = pack_nodes("common").uint8_to_image
+    settings = {k: v for k, v in _defaults(node).items() if k not in ("mode", "fps")}
+    with torch.inference_mode():
+        node().track(anny, to_image(photo), "reference image", fps=25.0, **settings)
+        node().track(anny, to_image(read_frames(carphone_path, max_frames=3)), "video",
+                     fps=float(probe_video(carphone_path).fps), **settings)
+    cli_reference, cli_driving, node_reference, node_driving = calls
+    for cli_call, node_call in ((cli_reference, node_reference), (cli_driving, node_driving)):
+        assert np.array_equal(cli_call.pop("frames"), node_call.pop("frames"))
+        assert cli_call.pop("body_model") is node_call.pop("body_model") is anny
+        assert cli_call == node_call
+    assert cli_reference["reference"] and not cli_driving["reference"]
