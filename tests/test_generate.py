@@ -118,10 +118,12 @@ def test_adapter_files_of_the_first_format_still_load(tmp_path):
     save_file(tensors, str(tmp_path / "lora.safetensors"), metadata={"format": "lora"})
     with pytest.raises(InputError, match="not an EMOSH motion adapter"):
         load_adapter(tmp_path / "lora.safetensors")
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel"}))
-    with pytest.raises(InputError, match="WanTransformer3DModel, not an EMOSH MotionAdapter"):
-        load_adapter(tmp_path / "other")
+    for name, config in (("wan", {"_class_name": "WanTransformer3DModel", "num_layers": 2}),
+                         ("animatediff", {"_class_name": "MotionAdapter", "motion_layers_per_block": 2})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        with pytest.raises(InputError, match=f"describes a {config['_class_name']} .*not an EMOSH MotionAdapter"):
+            load_adapter(tmp_path / name)
 
 
 def test_inject_motion_rejects_frame_count_mismatch():

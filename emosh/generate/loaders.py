@@ -112,8 +112,6 @@ def load_vae(path: str | os.PathLike, config: dict | None = None) -> torch.nn.Mo
     return vae
 
 
-
-
 def load_adapter(path: str | os.PathLike) -> MotionAdapter:
     """The EMOSH motion adapter from a ``save_pretrained`` folder, or from a file in it (ComfyUI lists the weights
     file of a folder in ``models/emosh/``), or from a single file of the first format (config in its header)."""
@@ -124,9 +122,12 @@ def load_adapter(path: str | os.PathLike) -> MotionAdapter:
                                 f"downloaded.")
     folder = path if path.is_dir() else path.parent
     if (folder / "config.json").is_file() and (path.is_dir() or path.suffix == ".safetensors"):
-        name = json.loads((folder / "config.json").read_text()).get("_class_name")
-        if name != MotionAdapter.__name__:
-            raise InputError(f"{folder / 'config.json'} describes a {name}, not an EMOSH {MotionAdapter.__name__}.")
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("_class_name") != MotionAdapter.__name__ or "latent_channels" not in config:
+            # diffusers' AnimateDiff adapter shares the class name, not the settings
+            raise InputError(f"{folder / 'config.json'} describes a {config.get('_class_name')} with settings "
+                             f"{sorted(k for k in config if not k.startswith('_'))[:6]}, not an EMOSH "
+                             f"MotionAdapter (dim, patch_size, latent_channels).")
         return MotionAdapter.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     if path.is_dir():
         raise MissingModelError(f"{path} has no config.json: not an EMOSH motion adapter folder (save_pretrained).")
