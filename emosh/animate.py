@@ -177,7 +177,6 @@ def plan_output(model: BodyModel, reference_image: np.ndarray, reference_track: 
     from .retarget import retarget
 
     height, width = output_size(reference_image.shape[:2], options.width, options.height, options.long_side)
-    driving_track = fill_unseen_limbs(model, driving_track, reference_track)
     if options.relative_orientation:
         driving_track = relative_root_orientation(driving_track, reference_track)
     moved = stages.run("retarget", retarget, model, driving_track, reference_track)
@@ -199,48 +198,6 @@ def relative_root_orientation(driving: EHMTrack, reference: EHMTrack) -> EHMTrac
     orient = start @ turns[:1].transpose(1, 2) @ turns  # the turn in the body's own frame (about its own up axis)
     return driving.replace(global_orient=roma.rotmat_to_rotvec(orient).contiguous(),
                            meta={**driving.meta, "orientation": "relative to the reference"})
-
-
-# limb → (root joint of its subtree, the two MediaPipe pose landmarks that show it)
-LIMBS = {
-    "left arm": ("upperarm01.L", ("left_elbow", "left_wrist")),
-    "right arm": ("upperarm01.R", ("right_elbow", "right_wrist")),
-    "left leg": ("upperleg01.L", ("left_knee", "left_ankle")),
-    "right leg": ("upperleg01.R", ("right_knee", "right_ankle")),
-}
-
-
-def fill_unseen_limbs(model: BodyModel, driving: EHMTrack, reference: EHMTrack, min_seen: float = 0.2,
-                      confidence: float = 0.5) -> EHMTrack:
-    """The driving track with limbs the driver never shows (e.g. the arms of a talking head) posed like the
-    reference person instead: the tracker can only guess those from its priors, and a guessed arm pose would
-    replace the reference's own. A limb counts as shown when its landmarks are confident in ``min_seen`` of frames.
-    """
-    from .keypoints import BODY_NAMES
-
-    if model.backend != "anny":
-        return driving
-    children: dict[int, list[int]] = {}
-    for joint, parent in enumerate(model.joint_parents):
-        children.setdefault(parent, []).append(joint)
-    rows = {name: i for i, name in enumerate(model.pose_labels)}
-    pose, replaced = driving.pose.clone(), []
-    for limb, (root, landmarks) in LIMBS.items():
-        index = [BODY_NAMES.index(name) for name in landmarks]
-        seen = (driving.confidence[:, index] >= confidence).all(dim=1).float().mean()
-        if float(seen) >= min_seen or root not in model.joint_labels:
-            continue
-        subtree, stack = [], [model.joint_labels.index(root)]
-        while stack:
-            joint = stack.pop()
-            subtree.append(joint)
-            stack.extend(children.get(joint, []))
-        limb_rows = [rows[model.joint_labels[j]] for j in subtree if model.joint_labels[j] in rows]
-        pose[:, limb_rows] = reference.pose[:1, limb_rows].to(pose)
-        replaced.append(limb)
-    if not replaced:
-        return driving
-    return driving.replace(pose=pose, meta={**driving.meta, "limbs_from_reference": ", ".join(replaced)})
 
 
 def iter_animation(model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack, aligned,
@@ -280,9 +237,18 @@ def animate_tracks(model: BodyModel, reference_image: np.ndarray, reference_trac
     options = options or AnimateOptions()
     stages = _Stages(progress, cancel)
     pipeline = load_diffusion(options) if options.model is not None else None
+    return animation(model, reference_image, reference_track, driving_track, pipeline, options, stages)[1]
+
+
+def animation(model: BodyModel, reference_image: np.ndarray, reference_track: EHMTrack, driving_track: EHMTrack,
+              pipeline, options: AnimateOptions, stages: _Stages) -> tuple:
+    """What every entry point runs once the tracks exist: the aligned output (``AlignResult``) and its frames,
+    batch by batch (lazily: nothing is rendered before the first batch is asked for)."""
     aligned = plan_output(model, reference_image, reference_track, driving_track, options, stages)
     batches = iter_animation(model, reference_image, reference_track, aligned, options, stages)
-    return diffuse(pipeline, aligned.reference_image, batches, options, stages) if pipeline else batches
+    if pipeline is not None:
+        batches = diffuse(pipeline, aligned.reference_image, batches, options, stages)
+    return aligned, batches
 
 
 def resolve_model(name: str | os.PathLike) -> Path:
@@ -366,7 +332,7 @@ def animate(reference: str | os.PathLike, driving: str | os.PathLike, out: str |
         folder = Path(save_track)
         ref_track.save(folder / "reference.safetensors")
         drv_track.save(folder / "driving.safetensors")
-    aligned = plan_output(model, reference_image, ref_track, drv_track, options, stages)
+    aligned, batches = animation(model, reference_image, ref_track, drv_track, pipeline, options, stages)
     if save_track is not None:
         aligned.track.save(Path(save_track) / "output.safetensors")
     fps = float(options.fps or drv_track.fps)
@@ -377,9 +343,6 @@ def animate(reference: str | os.PathLike, driving: str | os.PathLike, out: str |
     with ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(out, fps))
         control_writer = stack.enter_context(VideoWriter(save_control, fps)) if save_control else None
-        batches = iter_animation(model, reference_image, ref_track, aligned, options, stages)
-        if pipeline is not None:
-            batches = diffuse(pipeline, aligned.reference_image, batches, options, stages)
         for batch in batches:
             control, output = to_uint8(batch.control), to_uint8(batch.output)
             begin = time.perf_counter()

@@ -100,7 +100,9 @@ def limb_visibility(track: EHMTrack, landmarks: Sequence[int]) -> torch.Tensor:
         seen = (track.confidence[:, rows] >= CONF_GATE).all(1)
     else:
         seen = seen_landmarks(track.landmarks2d[:, rows], track.confidence[:, rows], track.image_size).all(1)
-    return gaussian_filter(seen.float(), _VISIBILITY_SECONDS * track.fps).clamp(0.0, 1.0)
+    shown = gaussian_filter(seen.float(), _VISIBILITY_SECONDS * track.fps).clamp(0.0, 1.0)
+    # The kernel's weights sum to 1 only up to rounding: a limb seen throughout must give exactly 1 (kept as is).
+    return torch.where(shown > 1.0 - 1e-5, torch.ones_like(shown), shown)
 
 
 def fill_unseen_limbs(model: BodyModel, driving: EHMTrack, reference: EHMTrack) -> torch.Tensor:

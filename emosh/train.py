@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="diffusers Wan folder or transformer .safetensors")
     parser.add_argument("--vae", help="Wan VAE folder or .safetensors (default: inside --model)")
     parser.add_argument("--data", required=True, type=Path, help="folder of <name>.mp4 + <name>.control.mp4 pairs")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for adapter (and LoRA) safetensors")
-    parser.add_argument("--adapter", help="adapter .safetensors to continue from (default: zero-initialised)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder: emosh_adapter/ (a diffusers model folder) and emosh_lora.safetensors")
+    parser.add_argument("--adapter", help="adapter folder (or a file in it) to continue from (default: zeros)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--frames", type=int, default=33, help="pixel frames per training clip (4k+1)")
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     losses, lora = train(pipe, stream, args.steps, args.lr, args.lora_rank, args.lora_alpha, args.temporal_frames,
                          text, args.seed, args.mixed_precision)
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe.adapter.save(args.out / "emosh_adapter.safetensors")
+    pipe.adapter.save_pretrained(args.out / "emosh_adapter")
     if lora:
         save_lora(lora, args.out / "emosh_lora.safetensors")
     print(json.dumps({"steps": len(losses), "final_loss": losses[-1], "out": str(args.out)}))
@@ -247,7 +248,8 @@ def _pipeline_with_new_adapter(model: str, vae: str | None, device: str):
     """A pipeline with a zero-initialised adapter (Wan-Animate: its own pose_patch_embedding is trained)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from .generate.pipeline import EmoshPipeline, load_transformer, load_vae
+    from .generate.loaders import load_transformer, load_vae
+    from .generate.pipeline import EmoshPipeline
 
     transformer = load_transformer(model).to(device)
     vae_model = load_vae(vae or model).to(device)

@@ -14,15 +14,15 @@ import torch
 try:  # loaded as part of the pack (package-relative) or with the repo root on sys.path (tests, CLI)
     from ..emosh.errors import InputError
     from ..emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
-    from ..emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, latent_frame_count,
-                                         pad_video_to_latent_grid, plan_chunks, pixel_to_latent_chunking,
-                                         run_model_on_chunk)
+    from ..emosh.generate.chunks import (ChunkConditioning, check_video_inputs, denoise_in_chunks, latent_frame_count,
+                                         pad_video_to_latent_grid, run_model_on_chunk)
+    from ..emosh.generate.loaders import load_adapter
 except ImportError:
     from emosh.errors import InputError
     from emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
-    from emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, latent_frame_count,
-                                       pad_video_to_latent_grid, plan_chunks, pixel_to_latent_chunking,
-                                       run_model_on_chunk)
+    from emosh.generate.chunks import (ChunkConditioning, check_video_inputs, denoise_in_chunks, latent_frame_count,
+                                       pad_video_to_latent_grid, run_model_on_chunk)
+    from emosh.generate.loaders import load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class HybridMotionInjector:
             motion_adapter = None
         else:
             import folder_paths
-            motion_adapter = MotionAdapter.load(folder_paths.get_full_path_or_raise(MODEL_FOLDER, adapter))
+            motion_adapter = load_adapter(folder_paths.get_full_path_or_raise(MODEL_FOLDER, adapter))
             embed = diffusion_model.patch_embedding
             if motion_adapter.dim != embed.out_channels or motion_adapter.patch_size != tuple(embed.kernel_size):
                 raise InputError(f"Adapter {adapter} (dim {motion_adapter.dim}, patch {motion_adapter.patch_size}) "
@@ -273,20 +273,16 @@ class EmoshSampler:
         init = _encode_frames(vae, init_video).to("cpu", torch.float32) if init_video is not None else None
         _, channels, _, h, w = reference_latent.shape
         noise = comfy.sample.prepare_noise(torch.zeros(1, channels, total, h, w), seed)
-        chunks = plan_chunks(total, *pixel_to_latent_chunking(chunk_frames, overlap_frames))
-        assembler = ChunkAssembler(chunks, reference_latent, temporal_latents, device="cpu")
-        progress = comfy.utils.ProgressBar(len(chunks))
+        progress = comfy.utils.ProgressBar(1)  # the chunk count arrives with the first update
 
         def on_step(*_args) -> None:
             comfy.model_management.throw_exception_if_processing_interrupted()
 
-        for chunk in chunks:
+        def denoise_chunk(chunk, cond: ChunkConditioning, chunk_noise: torch.Tensor) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            cond = assembler.conditioning(chunk)
             cond = dataclasses.replace(cond, latents=model.model.process_latent_in(cond.latents))
             chunk_model = base.clone()
             _set_transformer_option(chunk_model, CHUNK_KEY, ChunkWindow(chunk.start, cond))
-            chunk_noise = noise[:, :, chunk.start:chunk.stop]
             latent_image = (init[:, :, chunk.start:chunk.stop] if init is not None
                             else torch.zeros_like(chunk_noise))
             if sampler is not None:
@@ -298,11 +294,11 @@ class EmoshSampler:
                                               positive, negative, latent_image, denoise=denoise,
                                               force_full_denoise=True, callback=on_step, disable_pbar=True,
                                               seed=seed)
-            assembler.add(chunk, samples.to("cpu", torch.float32))
-            del chunk_model, samples
-            progress.update(1)
+            return samples.to("cpu", torch.float32)
 
-        latent = assembler.output
+        latent = denoise_in_chunks(noise, reference_latent, chunk_frames, overlap_frames, denoise_chunk,
+                                   temporal_latents, on_chunk=lambda done, count: progress.update_absolute(done, count),
+                                   device="cpu")
         images = vae.decode(latent)
         images = images.reshape(-1, *images.shape[-3:])[: control.shape[0]]
         return ({"samples": latent}, images)

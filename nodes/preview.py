@@ -43,7 +43,7 @@ class EmoshPreviewAnimate:
         height, width = plate.shape[:2]
         person = mask_to_float(background_mask[:1], 1, height, width)[0].numpy() >= 0.5
         animator = preview.PreviewAnimator(body_model, image_to_uint8(reference_image[:1])[0], reference_track,
-                                           preview.remove_person(plate, person), texture_size=texture_size)
+                                           preview.background_plate(plate, person), texture_size=texture_size)
         bar = Progress(track.num_frames)
         frames, alphas = [], []
         for start in range(0, track.num_frames, batch_size):

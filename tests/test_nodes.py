@@ -19,8 +19,7 @@ from emosh import edit
 from emosh.body import BodyModel, EHMTrack
 from emosh.errors import InputError, UnsafePathError
 
-from test_edit_export import make_track
-from test_workflows import pack_nodes
+from helpers import pack_nodes, synthetic_track
 
 nodes = pack_nodes()
 common = pack_nodes("common")
@@ -134,7 +133,7 @@ def test_body_edit_mix_render_nodes(anny):
     M = NODE_CLASS_MAPPINGS
     model = _check_outputs(M["EmoshBodyModelLoader"], M["EmoshBodyModelLoader"]().load("anny", "cpu"))[0]
     assert model is anny, "the body model is cached, not rebuilt"
-    track = make_track(anny, frames=4, size=(96, 128))
+    track = synthetic_track(anny, frames=4, size=(96, 128))
     before = track.pose.clone()
     edited = _check_outputs(M["EmoshTrackEdit"], M["EmoshTrackEdit"]().edit(
         anny, track, 0.5, 1.0, 1, -1, "0 1\n2 1.5 0.1 0", gender=0.0, age=0.2, muscle=0.0, weight=0.0,
@@ -144,7 +143,7 @@ def test_body_edit_mix_render_nodes(anny):
     with pytest.raises(InputError):
         M["EmoshTrackEdit"]().edit(anny, track, 1.0, 1.0, 0, -1, "zoom please", gender=0.0, age=0.0, muscle=0.0,
                                    weight=0.0, height=0.0, proportions=0.0)
-    other = make_track(anny, frames=8, fps=50.0, seed=4, size=(96, 128))
+    other = synthetic_track(anny, frames=8, fps=50.0, seed=4, size=(96, 128))
     mixed = _check_outputs(M["EmoshTrackMix"], M["EmoshTrackMix"]().mix(
         anny, track, 0.0, 0.02, True, True, False, True, 0.0, hands_track=other, face_track=other))[0]
     face_rows = edit.expression_groups(anny)["expression"]  # eyes were not taken: gaze stays the body track's
@@ -163,7 +162,7 @@ def test_body_edit_mix_render_nodes(anny):
 
 
 def test_face_crops_node(anny):
-    track = make_track(anny, frames=3, size=(120, 160))
+    track = synthetic_track(anny, frames=3, size=(120, 160))
     images = torch.rand(3, 60, 80, 3)
     (crops,) = _check_outputs(NODE_CLASS_MAPPINGS["EmoshFaceCrops"],
                               NODE_CLASS_MAPPINGS["EmoshFaceCrops"]().crop(anny, track, images, 64, 1.3, 1.0))
@@ -172,7 +171,7 @@ def test_face_crops_node(anny):
 
 def test_save_load_export_stay_inside_comfy_folders(anny, comfy_dirs):
     M = NODE_CLASS_MAPPINGS
-    track = make_track(anny, frames=3)
+    track = synthetic_track(anny, frames=3)
     saved = M["EmoshTrackSave"]().save(track, "emosh/track")
     assert saved["result"] == () and saved["ui"]["text"] == ["emosh/track_00001.safetensors"]
     assert M["EmoshTrackSave"]().save(track, "emosh/track")["ui"]["text"] == ["emosh/track_00002.safetensors"]
@@ -242,7 +241,7 @@ def test_long_nodes_report_progress_and_honour_cancel(anny, monkeypatch):
     monkeypatch.setitem(sys.modules, "comfy", comfy)
     monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
     monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
-    track = make_track(anny, frames=8, size=(48, 64))
+    track = synthetic_track(anny, frames=8, size=(48, 64))
     with pytest.raises(Interrupted):
         NODE_CLASS_MAPPINGS["EmoshMeshConditionRenderer"]().render(anny, track, 0, 0, "wan_animate", 2)
     assert calls["updates"] == [(2, 8), (4, 8)], "progress per batch until the cancel"

@@ -7,34 +7,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emosh.body import EHMTrack, NUM_LANDMARKS
+from emosh.body import EHMTrack
 from emosh.errors import TrackFormatError
 
-
-def make_track(frames: int = 5, joints: int = 103, expressions: int = 52, seed: int = 0, **overrides) -> EHMTrack:
-    g = torch.Generator().manual_seed(seed)
-    fields = dict(
-        backend="anny", backend_version="0.6.2",
-        shape=torch.rand(6, generator=g),
-        pose=0.2 * torch.randn(frames, joints, 3, generator=g),
-        global_orient=torch.randn(frames, 3, generator=g),
-        translation=torch.randn(frames, 3, generator=g),
-        expression=torch.rand(frames, expressions, generator=g),
-        focal=torch.full((frames,), 1000.0),
-        cam_R=torch.eye(3).repeat(frames, 1, 1),
-        cam_t=torch.tensor([0.0, 0.0, 3.0]).repeat(frames, 1),
-        confidence=torch.rand(frames, NUM_LANDMARKS, generator=g),
-        detected=torch.ones(frames, dtype=torch.bool),
-        image_size=(768, 512), fps=30.0,
-        landmarks2d=100 * torch.rand(frames, NUM_LANDMARKS, 2, generator=g),
-        meta={"source": "test"},
-    )
-    fields.update(overrides)
-    return EHMTrack(**fields)
+from helpers import synthetic_track
 
 
 def test_round_trip_is_bit_exact(tmp_path):
-    track = make_track()
+    track = synthetic_track(frames=5, size=(768, 512), fps=30.0, landmarks=True, backend_version="0.6.2",
+                            meta={"source": "test"})
     path = track.save(tmp_path / "t.safetensors")
     loaded = EHMTrack.load(path)
     for name, value in track.tensors().items():
@@ -45,13 +26,13 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 
 def test_round_trip_without_optional_landmarks(tmp_path):
-    track = make_track(landmarks2d=None)
+    track = synthetic_track(frames=5)
     loaded = EHMTrack.load(track.save(tmp_path / "t.safetensors"))
     assert loaded.landmarks2d is None
 
 
 def test_frames_slice_and_step():
-    track = make_track(frames=10)
+    track = synthetic_track(frames=10, fps=30.0)
     part = track.frames(2, 8, 2)
     assert part.num_frames == 3 and part.fps == 15.0
     assert torch.equal(part.pose[1], track.pose[4])
@@ -72,11 +53,11 @@ def test_frames_slice_and_step():
 ])
 def test_validation_errors(field, value, message):
     with pytest.raises(TrackFormatError, match=message):
-        make_track(**{field: value})
+        synthetic_track(frames=5, **{field: value})
 
 
 def test_backend_mismatch_is_refused():
-    track = make_track()
+    track = synthetic_track(frames=5, landmarks=True)
     track.check_backend("anny")
     with pytest.raises(TrackFormatError, match="smplx_flame"):
         track.check_backend("smplx_flame")
@@ -88,7 +69,7 @@ def _write_raw(path, tensors, metadata):
 
 
 def test_load_rejects_bad_files(tmp_path):
-    good = make_track()
+    good = synthetic_track(frames=5, landmarks=True)
     tensors = {k: v.contiguous() for k, v in good.tensors().items()}
     meta = {"format": "emosh.EHMTrack", "format_version": "1", "backend": "anny", "backend_version": "x",
             "image_size": json.dumps([768, 512]), "fps": "30.0", "meta": "{}"}

@@ -110,6 +110,7 @@ def test_no_person_anywhere_raises(anny):
         track_frames(grey, anny, fps=25.0)
 
 
+@pytest.mark.slow
 def test_cli_tracks_the_astronaut_photo(anny, astronaut_path, tmp_path, capsys):
     from emosh.cli import main
 
@@ -124,6 +125,7 @@ def test_cli_tracks_the_astronaut_photo(anny, astronaut_path, tmp_path, capsys):
     assert overlay.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_carphone_frames_track_with_bounded_error(anny, carphone_path):
     """A talking head seen close up (176x144): every frame stays on the face. With a full-body step size the
     optimiser threw single frames off by up to 180 % of the box (29 % after smoothing spread them)."""
@@ -156,6 +158,7 @@ def test_smoothing_does_not_lag_a_sudden_move(anny):
     assert float(errors.max()) < 3.0, errors
 
 
+@pytest.mark.slow
 def test_close_up_dance_is_smoother_than_its_detections(anny, shared_real):
     """Half-body dance at 15 fps: the fitted landmarks jitter less than the raw detections (the tracker bench's
     jitter target, 0.6) while staying on them. Its per-frame optimiser noise needs ≥ 1.5 frames of smoothing:
@@ -171,6 +174,7 @@ def test_close_up_dance_is_smoother_than_its_detections(anny, shared_real):
 
 
 
+@pytest.mark.slow
 def test_reference_silhouette_gives_a_heavy_person_her_girth(anny, shared_real):
     """Landmarks fix height and proportions, not girth: on a real plus-size photo the landmarks-only fit stays near
     the average body; the silhouette term makes her heavy and covers more of her person mask."""
@@ -204,6 +208,7 @@ def test_expression_correlation_scores_a_silent_fit_zero():
     assert expression_correlation(-truth, truth) < -0.999
 
 
+@pytest.mark.slow
 def test_fitted_facial_actions_follow_a_real_laughing_face(anny, shared_real):
     """Jaw, blinks and smile against the detector's raw face geometry (not a quantity the fit is scored on)."""
     from emosh.bench.tracker import face_correlations

@@ -9,17 +9,15 @@ stand-ins for the five core nodes it uses (load image/video, frame cut, create/s
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+
+from helpers import pack_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -30,24 +28,6 @@ UPLOAD_WIDGETS = {("LoadImage", "image"), ("LoadVideo", "file")}  # the frontend
 FILE_COMBOS = {"image", "file", "unet_name", "clip_name", "vae_name", "ckpt_name", "lora_name", "track_file",
                "adapter"}  # options depend on the user's files
 MUTED = {2, 4}  # node modes: never / bypass
-
-
-PACK_ALIAS = "emosh_pack_nodes"
-
-
-def pack_nodes(module: str = "") -> ModuleType:
-    """Our ``nodes`` package (or one of its modules), imported under an alias.
-
-    ComfyUI itself has a top-level ``nodes`` module; importing ours as ``nodes`` would shadow it for any test in the
-    same process that imports ComfyUI (tests/comfyui/), so the tests never do.
-    """
-    if PACK_ALIAS not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_ALIAS, REPO / "nodes" / "__init__.py",
-                                                      submodule_search_locations=[str(REPO / "nodes")])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_ALIAS] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"{PACK_ALIAS}.{module}" if module else PACK_ALIAS)
 
 
 # ---------------------------------------------------------------------------------------------- schemas

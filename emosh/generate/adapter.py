@@ -7,22 +7,16 @@ adapter leaves the base model's output bit-identical. It is applied through a fo
 """
 from __future__ import annotations
 
-import json
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 
-from ..errors import InputError, MissingModelError
-from ..safeio import read_safetensors
-
-ADAPTER_FORMAT = "emosh-motion-adapter"
-ADAPTER_VERSION = 1
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -48,25 +42,31 @@ class InjectionSchedule:
         return self.strength if self.start <= progress < self.end else 0.0
 
 
-class MotionAdapter(torch.nn.Module):
-    """Conv3d(latent_channels → dim, kernel = stride = patch_size), zero-initialised."""
+class MotionAdapter(ModelMixin, ConfigMixin):
+    """Conv3d(latent_channels → dim, kernel = stride = patch_size), zero-initialised.
 
-    def __init__(self, dim: int, patch_size: Sequence[int] = (1, 2, 2), latent_channels: int = 16,
-                 conv: torch.nn.Conv3d | None = None) -> None:
+    A diffusers model, so it is written and read like the Wan transformer it plugs into: ``save_pretrained(folder)``
+    (``config.json`` + safetensors weights) and ``from_pretrained(folder)``; :func:`emosh.generate.loaders.load_adapter`
+    also reads single files written by EMOSH before that.
+    """
+
+    @register_to_config
+    def __init__(self, dim: int, patch_size: Sequence[int] = (1, 2, 2), latent_channels: int = 16) -> None:
         super().__init__()
         self.dim = int(dim)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.latent_channels = int(latent_channels)
-        if conv is None:
-            conv = torch.nn.Conv3d(self.latent_channels, self.dim, kernel_size=self.patch_size, stride=self.patch_size)
-            torch.nn.init.zeros_(conv.weight)
-            torch.nn.init.zeros_(conv.bias)
-        self.proj = conv
+        self.proj = torch.nn.Conv3d(self.latent_channels, self.dim, kernel_size=self.patch_size,
+                                    stride=self.patch_size)
+        torch.nn.init.zeros_(self.proj.weight)
+        torch.nn.init.zeros_(self.proj.bias)
 
     @classmethod
     def from_conv(cls, conv: torch.nn.Conv3d) -> "MotionAdapter":
         """Wrap an existing patch-embedding conv (e.g. Wan-Animate's ``pose_patch_embedding``), sharing weights."""
-        return cls(conv.out_channels, tuple(conv.kernel_size), conv.in_channels, conv=conv)
+        adapter = cls(conv.out_channels, tuple(conv.kernel_size), conv.in_channels)
+        adapter.proj = conv
+        return adapter
 
     def forward(self, motion_latents: torch.Tensor) -> torch.Tensor:
         """``[B, C, T, H, W]`` latents → ``[B, dim, T/pt, H/ph, W/pw]`` tokens (zero-padded up to the patch grid)."""
@@ -82,33 +82,6 @@ class MotionAdapter(torch.nn.Module):
         motion_latents = motion_latents.to(device=weight.device, dtype=weight.dtype)
         # F.conv3d, not self.proj(...): module hooks on a host's own conv (Wan-Animate) must not fire here.
         return F.conv3d(motion_latents, weight, bias, stride=self.patch_size)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the weights as safetensors with the shape settings in the header."""
-        meta = {"format": ADAPTER_FORMAT, "version": str(ADAPTER_VERSION),
-                "config": json.dumps({"dim": self.dim, "patch_size": list(self.patch_size),
-                                      "latent_channels": self.latent_channels})}
-        tensors = {"proj.weight": self.proj.weight.detach().cpu().contiguous(),
-                   "proj.bias": self.proj.bias.detach().cpu().contiguous()}
-        save_file(tensors, str(path), metadata=meta)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> "MotionAdapter":
-        """Load an adapter written by :meth:`save` (safetensors only); a missing file names the path looked for."""
-        path = Path(path)
-        if not path.is_file():
-            raise MissingModelError(f"EMOSH motion adapter not found: looked for {path}. Put the .safetensors file "
-                                    f"there (train one with `python -m emosh.train`); nothing is downloaded.")
-        if path.suffix != ".safetensors":
-            raise InputError(f"EMOSH adapters load from .safetensors only, got {path.name}.")
-        tensors, _ = read_safetensors(path)
-        missing = {"proj.weight", "proj.bias"} - set(tensors)
-        if missing:
-            raise InputError(f"{path} is not an EMOSH motion adapter: missing tensors {sorted(missing)}.")
-        weight = tensors["proj.weight"]
-        adapter = cls(dim=weight.shape[0], patch_size=tuple(weight.shape[2:]), latent_channels=weight.shape[1])
-        adapter.load_state_dict(tensors)
-        return adapter.to(device) if device is not None else adapter
 
 
 def add_motion_tokens(embedded: torch.Tensor, motion_tokens: torch.Tensor, first_frame: int,

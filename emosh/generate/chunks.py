@@ -185,6 +185,28 @@ class ChunkAssembler:
             self.spatial = samples[:, :, :1].clone()
 
 
+def denoise_in_chunks(noise: torch.Tensor, reference_latent: torch.Tensor, chunk_frames: int, overlap_frames: int,
+                      denoise_chunk: Callable[[Chunk, ChunkConditioning, torch.Tensor], torch.Tensor],
+                      temporal_frames: int = 1, use_spatial_latent: bool = True,
+                      on_chunk: Callable[[int, int], None] | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """The chunk loop of every host; returns the whole latent video ``[B, C, T, h, w]``.
+
+    ``noise`` covers the whole video (one seeded draw, so overlapping chunks share it); ``chunk_frames`` and
+    ``overlap_frames`` are pixel frames. Each window is denoised by the host's ``denoise_chunk(chunk, conditioning,
+    chunk_noise)`` (its own sampler; it slices per-window inputs such as init latents with ``chunk.start:stop``)
+    and cross-faded into the output; ``on_chunk(done, total)`` follows each window.
+    """
+    chunks = plan_chunks(noise.shape[2], *pixel_to_latent_chunking(chunk_frames, overlap_frames))
+    assembler = ChunkAssembler(chunks, reference_latent, temporal_frames, use_spatial_latent, device)
+    for chunk in chunks:
+        samples = denoise_chunk(chunk, assembler.conditioning(chunk), noise[:, :, chunk.start:chunk.stop])
+        assembler.add(chunk, samples)
+        if on_chunk is not None:
+            on_chunk(chunk.index + 1, len(chunks))
+    return assembler.output
+
+
 def pad_video_to_latent_grid(frames: torch.Tensor) -> torch.Tensor:
     """Repeat the last frame of ``[N, ...]`` so N becomes 4k+1, the frame counts a Wan VAE encodes exactly."""
     target = (latent_frame_count(frames.shape[0]) - 1) * VAE_TEMPORAL_STRIDE + 1

@@ -1,26 +1,21 @@
 """diffusers host: the EMOSH generator on diffusers' Wan transformers, Wan VAE and a flow-matching scheduler.
 
 The same adapter, chunk planner and latent assembly as the ComfyUI host; here the denoising loop is written out
-(Euler flow matching with classifier-free guidance). Weights load from local files only, safetensors only.
+(Euler flow matching with classifier-free guidance). Weights load through :mod:`.loaders` (local safetensors only).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import InputError, MissingModelError
-from ..safeio import read_safetensors, read_safetensors_metadata
+from ..errors import InputError
 from .adapter import InjectionSchedule, MotionAdapter
-from .chunks import (ChunkAssembler, check_video_inputs, pad_video_to_latent_grid, plan_chunks, pixel_to_latent_chunking,
+from .chunks import (Chunk, ChunkConditioning, check_video_inputs, denoise_in_chunks, pad_video_to_latent_grid,
                      run_model_on_chunk)
-
-TRANSFORMER_CLASSES = ("WanTransformer3DModel", "WanAnimateTransformer3DModel")
-
+from .loaders import load_adapter, load_transformer, load_vae
 
 @dataclass
 class EmoshOutput:
@@ -28,100 +23,6 @@ class EmoshOutput:
 
     latents: torch.Tensor
     video: torch.Tensor | None
-
-
-def _require_file(path: Path, what: str, weights: bool = True) -> Path:
-    if not path.exists():
-        raise MissingModelError(f"{what} not found: looked for {path}. Weights are never downloaded; put the "
-                                f"diffusers folder or .safetensors file there.")
-    if weights and path.is_file() and path.suffix != ".safetensors":
-        raise InputError(f"{what}: only .safetensors files are loaded, got {path.name}.")
-    return path
-
-
-def _single_file_config(path: Path) -> dict | None:
-    """Config stored in a safetensors header (key ``config``) or in ``<stem>.json`` next to the file."""
-    meta = read_safetensors_metadata(path)
-    if "config" in meta:
-        return json.loads(meta["config"])
-    sibling = path.with_suffix(".json")
-    return json.loads(sibling.read_text()) if sibling.is_file() else None
-
-
-def _infer_native_wan_config(sd: dict[str, torch.Tensor]) -> dict:
-    """diffusers config of a Wan DiT in the original/ComfyUI key layout, read off the tensor shapes."""
-    patch = sd["patch_embedding.weight"]
-    dim = patch.shape[0]
-    cfg = {
-        "patch_size": list(patch.shape[2:]), "in_channels": patch.shape[1],
-        "out_channels": sd["head.head.weight"].shape[0] // int(torch.tensor(patch.shape[2:]).prod()),
-        "num_attention_heads": max(1, dim // 128), "attention_head_dim": dim // max(1, dim // 128),
-        "text_dim": sd["text_embedding.0.weight"].shape[1], "freq_dim": sd["time_embedding.0.weight"].shape[1],
-        "ffn_dim": sd["blocks.0.ffn.0.weight"].shape[0],
-        "num_layers": 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
-    }
-    if "img_emb.proj.0.weight" in sd:
-        cfg["image_dim"] = sd["img_emb.proj.0.weight"].shape[0]
-        cfg["added_kv_proj_dim"] = dim
-    return cfg
-
-
-def load_transformer(path: str | os.PathLike, config: dict | None = None,
-                     dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A diffusers Wan transformer from a diffusers folder or one safetensors file.
-
-    Single files may use diffusers keys (config from ``config``, the safetensors header or ``<stem>.json``) or the
-    original Wan / ComfyUI keys (converted with diffusers' converter; shape settings read from the weights, heads
-    assumed 128 wide unless ``config`` says otherwise).
-    """
-    import diffusers
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
-    path = _require_file(Path(path), "Wan transformer")
-    if path.is_dir():
-        folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
-        cfg_file = _require_file(folder / "config.json", "Wan transformer config", weights=False)
-        name = json.loads(cfg_file.read_text()).get("_class_name", "WanTransformer3DModel")
-        if name not in TRANSFORMER_CLASSES:
-            raise InputError(f"{cfg_file} describes a {name}; EMOSH runs on {TRANSFORMER_CLASSES}.")
-        return getattr(diffusers, name).from_pretrained(str(folder), local_files_only=True, use_safetensors=True,
-                                                        torch_dtype=dtype)
-    sd, _ = read_safetensors(path)
-    cfg = dict(config or _single_file_config(path) or {})
-    if "patch_embedding.weight" in sd and "head.head.weight" in sd:
-        if not cfg and any(k.startswith(("face_adapter.", "vace_")) for k in sd):
-            raise InputError(f"{path} is a Wan-Animate/VACE checkpoint in the original layout: its settings cannot "
-                             f"be read off the weights; pass config= or use a diffusers folder.")
-        cfg = {**_infer_native_wan_config(sd), **cfg}
-        sd = convert_wan_transformer_to_diffusers(sd)
-    elif not cfg:
-        raise InputError(f"{path} uses diffusers keys but carries no config: pass config=, or put {path.stem}.json "
-                         f"next to it.")
-    name = cfg.pop("_class_name", "WanAnimateTransformer3DModel" if "pose_patch_embedding.weight" in sd
-                   else "WanTransformer3DModel")
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    model = getattr(diffusers, name)(**cfg)
-    model.load_state_dict(sd, strict=True)
-    return model if dtype == torch.float32 else model.to(dtype)
-
-
-def load_vae(path: str | os.PathLike, config: dict | None = None) -> torch.nn.Module:
-    """``AutoencoderKLWan`` from a diffusers folder (or its ``vae/`` subfolder) or one safetensors file."""
-    from diffusers import AutoencoderKLWan
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-
-    path = _require_file(Path(path), "Wan VAE")
-    if path.is_dir():
-        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        _require_file(folder / "config.json", "Wan VAE config", weights=False)
-        return AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    sd, _ = read_safetensors(path)
-    cfg = dict(config or _single_file_config(path) or {})
-    if "encoder.conv1.weight" in sd:  # original Wan VAE layout
-        sd = convert_wan_vae_to_diffusers(sd)
-    vae = AutoencoderKLWan(**{k: v for k, v in cfg.items() if not k.startswith("_")})
-    vae.load_state_dict(sd, strict=True)
-    return vae
 
 
 class EmoshPipeline:
@@ -154,7 +55,7 @@ class EmoshPipeline:
 
         transformer = load_transformer(model, dtype=dtype).to(device)
         vae_model = load_vae(vae if vae is not None else model).to(device)
-        motion = MotionAdapter.load(adapter, device=device).to(dtype) if adapter is not None else None
+        motion = load_adapter(adapter).to(device, dtype) if adapter is not None else None
         return cls(transformer, vae_model, FlowMatchEulerDiscreteScheduler(shift=flow_shift), motion)
 
     @property
@@ -252,8 +153,6 @@ class EmoshPipeline:
         device, dtype = self.device, self.transformer.dtype
         generator = torch.Generator("cpu").manual_seed(int(seed))
         noise = torch.randn(motion_latents.shape, generator=generator, dtype=torch.float32).to(device, dtype)
-        chunks = plan_chunks(motion_latents.shape[2], *pixel_to_latent_chunking(chunk_frames, overlap_frames))
-        assembler = ChunkAssembler(chunks, reference_latent.to(device, dtype), temporal_frames, use_spatial_latent)
         use_cfg = negative_prompt_embeds is not None and guidance_scale != 1.0
         text = torch.cat([negative_prompt_embeds, prompt_embeds]) if use_cfg else prompt_embeds
         text = text.to(device, dtype)
@@ -261,12 +160,12 @@ class EmoshPipeline:
             image_embeds = image_embeds.to(device, dtype)
             image_embeds = image_embeds.repeat(2, 1, 1) if use_cfg else image_embeds
         first_step = num_inference_steps - max(1, round(num_inference_steps * denoise))
-        for chunk in chunks:
-            cond = assembler.conditioning(chunk)
+
+        def denoise_chunk(chunk: Chunk, cond: ChunkConditioning, latents: torch.Tensor) -> torch.Tensor:
+            """Euler flow matching with classifier-free guidance over one window."""
             self.scheduler.set_timesteps(num_inference_steps, device=device)
             timesteps = self.scheduler.timesteps[first_step:]
             self.scheduler.set_begin_index(first_step)
-            latents = noise[:, :, chunk.start:chunk.stop]
             if init_latents is not None and denoise < 1.0:
                 init_chunk = init_latents[:, :, chunk.start:chunk.stop].to(device, dtype)
                 latents = self.scheduler.scale_noise(init_chunk, timesteps[:1], latents)
@@ -281,7 +180,7 @@ class EmoshPipeline:
                     uncond, condp = pred.chunk(2)
                     pred = uncond + guidance_scale * (condp - uncond)
                 latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
-            assembler.add(chunk, latents)
-            if on_chunk is not None:
-                on_chunk(chunk.index + 1, len(chunks))
-        return assembler.output
+            return latents
+
+        return denoise_in_chunks(noise, reference_latent.to(device, dtype), chunk_frames, overlap_frames,
+                                 denoise_chunk, temporal_frames, use_spatial_latent, on_chunk)

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not COMFYUI_PATH, reason="set COMFYUI_PATH to a 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES, HEIGHT, WIDTH = 21, 32, 32
 DIM = 128
+ADAPTER = "tiny_adapter/diffusion_pytorch_model.safetensors"  # how ComfyUI lists the adapter folder's weights
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def _write_tiny_models(root: Path) -> None:
     adapter = MotionAdapter(DIM)
     with torch.no_grad():
         adapter.proj.weight.normal_(0.0, 0.2)
-    adapter.save(root / "emosh" / "tiny_adapter.safetensors")
+    adapter.save_pretrained(root / "emosh" / "tiny_adapter")
 
 
 def _control_video() -> torch.Tensor:
@@ -104,7 +105,7 @@ def test_stock_samplers_with_injector(comfy):
     model, vae, positive, negative = _load(comfy)
     assert type(model.model).__name__ == "WAN21"
     control = _control_video()
-    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, "tiny_adapter.safetensors")[0]
+    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, ADAPTER)[0]
     assert patched is not model
     ksampler = nodes.KSampler()
     args = dict(seed=3, steps=3, cfg=3.0, sampler_name="euler", scheduler="simple", positive=positive,
@@ -126,11 +127,11 @@ def test_stock_samplers_with_injector(comfy):
     custom = SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, _empty_latent())[0]["samples"]
     assert torch.allclose(custom, injected, atol=1e-5), (custom - injected).abs().max()
 
-    zero = gen.HybridMotionInjector().patch(model, vae, control, 0.0, 0.0, 1.0, "tiny_adapter.safetensors")[0]
+    zero = gen.HybridMotionInjector().patch(model, vae, control, 0.0, 0.0, 1.0, ADAPTER)[0]
     assert torch.equal(ksampler.sample(zero, **args)[0]["samples"], base), "strength 0 must leave the model as is"
-    never = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 0.5, "tiny_adapter.safetensors")[0]
+    never = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 0.5, ADAPTER)[0]
     assert torch.equal(ksampler.sample(never, **args)[0]["samples"], base), "an empty step range must not inject"
-    late = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 1.0, "tiny_adapter.safetensors")[0]
+    late = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 1.0, ADAPTER)[0]
     late_out = ksampler.sample(late, **args)[0]["samples"]
     assert not torch.equal(late_out, base) and not torch.equal(late_out, injected), "start_percent is ignored"
 
@@ -139,7 +140,7 @@ def test_injector_frame_count_mismatch(comfy):
     nodes, gen = comfy["nodes"], comfy["gen"]
     model, vae, positive, negative = _load(comfy)
     patched = gen.HybridMotionInjector().patch(model, vae, _control_video()[:9], 1.0, 0.0, 1.0,
-                                               "tiny_adapter.safetensors")[0]
+                                               ADAPTER)[0]
     with pytest.raises(Exception, match="Frame count mismatch"):
         nodes.KSampler().sample(patched, 3, 2, 3.0, "euler", "simple", positive, negative, _empty_latent(), 1.0)
     with pytest.raises(Exception, match="not a Wan-Animate model"):
@@ -152,7 +153,7 @@ def test_emosh_sampler_chunks(comfy):
     model, vae, positive, negative = _load(comfy)
     control = _control_video()
     reference = control[:1].flip(2)
-    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, "tiny_adapter.safetensors")[0]
+    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, ADAPTER)[0]
     sampler = gen.EmoshSampler()
     args = dict(seed=5, steps=3, cfg=3.0, sampler_name="euler", scheduler="simple", chunk_frames=9,
                 overlap_frames=4, temporal_latents=1, denoise=1.0)
@@ -196,7 +197,7 @@ def test_diffusers_host_loads_native_single_file(comfy):
     import comfy.ops
     from safetensors.torch import load_file
 
-    from emosh.generate.pipeline import load_transformer
+    from emosh.generate.loaders import load_transformer
 
     native = comfy.ldm.wan.model.WanModel(dim=DIM, ffn_dim=256, num_heads=1, num_layers=2, text_dim=4096,
                                           freq_dim=256, operations=comfy.ops.manual_cast)

@@ -31,7 +31,8 @@ RUN_TIMEOUT = 900
 
 
 def _load_test_workflows():
-    """tests/test_workflows.py (the UI-format helpers), loaded by path: tests/ need not be on sys.path."""
+    """tests/test_workflows.py (the UI-format helpers), loaded by path (its own import of tests/helpers.py works
+    because pytest puts tests/ on sys.path for tests/conftest.py)."""
     spec = importlib.util.spec_from_file_location("emosh_test_workflows", REPO / "tests" / "test_workflows.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

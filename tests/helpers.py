@@ -1,0 +1,107 @@
+"""What several test modules build: the one synthetic track, our nodes package under an alias, tiny diffusers models.
+
+Test modules import from here, never from each other (a test module imported by another runs its module-level
+code twice and couples unrelated tests).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from emosh.body import NUM_LANDMARKS, EHMTrack
+from emosh.body.camera import default_focal, view_rotation
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_ALIAS = "emosh_pack_nodes"
+ANNY_SIZES = {"pose": 103, "expression": 52, "shape": 6, "up_axis": 2}  # format tests need no loaded model
+TEXT_DIM = 32
+
+
+# ---------------------------------------------------------------------------------------------- tracks
+def synthetic_track(model=None, frames: int = 6, size: tuple[int, int] = (240, 320), fps: float = 25.0,
+                    seed: int = 0, pose_std: float = 0.2, turn_std: float = 0.2, distance: float = 3.0,
+                    landmarks: bool = False, **overrides) -> EHMTrack:
+    """A person ``distance`` m in front of a 50° camera at ``size`` (so it is in view at any size), with seeded
+    random pose, body turn, small moves, expression and confidences that differ every frame (slicing and timing
+    errors show). ``model`` None: Anny's sizes without loading Anny. ``landmarks``: random 2D landmarks inside the
+    image. ``overrides`` replace any field."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = ANNY_SIZES if model is None else {"pose": len(model.pose_labels), "up_axis": model.up_axis,
+                                              "expression": len(model.expression_labels)}
+    height, width = size
+    fields = dict(
+        backend="anny" if model is None else model.backend,
+        backend_version="test" if model is None else model.version,
+        shape=torch.full((ANNY_SIZES["shape"],), 0.5) if model is None else model.default_shape().cpu(),
+        pose=pose_std * torch.randn(frames, sizes["pose"], 3, generator=g),
+        global_orient=turn_std * torch.randn(frames, 3, generator=g),
+        translation=0.05 * torch.randn(frames, 3, generator=g),
+        expression=0.6 * torch.rand(frames, sizes["expression"], generator=g),
+        focal=torch.full((frames,), default_focal(size)),
+        cam_R=view_rotation(sizes["up_axis"]).repeat(frames, 1, 1),
+        cam_t=torch.tensor([0.0, 0.0, distance]).repeat(frames, 1),
+        confidence=torch.rand(frames, NUM_LANDMARKS, generator=g),
+        detected=torch.ones(frames, dtype=torch.bool), image_size=size, fps=fps,
+        landmarks2d=(torch.rand(frames, NUM_LANDMARKS, 2, generator=g) * torch.tensor([width, height])
+                     if landmarks else None),
+        meta={"source": f"synthetic seed {seed}"},
+    )
+    fields.update(overrides)
+    return EHMTrack(**fields)
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+def pack_nodes(module: str = "") -> ModuleType:
+    """Our ``nodes`` package (or one of its modules), imported under an alias.
+
+    ComfyUI itself has a top-level ``nodes`` module; importing ours as ``nodes`` would shadow it for any test in the
+    same process that imports ComfyUI (tests/comfyui/), so the tests never do.
+    """
+    if PACK_ALIAS not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_ALIAS, REPO / "nodes" / "__init__.py",
+                                                      submodule_search_locations=[str(REPO / "nodes")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_ALIAS] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PACK_ALIAS}.{module}" if module else PACK_ALIAS)
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def tiny_transformer(seed: int = 0):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
+                                 out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=64, num_layers=2,
+                                 rope_max_seq_len=64).eval()
+
+
+def tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True]).eval()
+
+
+def random_adapter(dim: int = 32, std: float = 0.2):
+    from emosh.generate.adapter import MotionAdapter
+
+    adapter = MotionAdapter(dim)
+    with torch.no_grad():
+        adapter.proj.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(7))
+    return adapter
+
+
+def moving_video(frames: int, size: int = 32) -> torch.Tensor:
+    """A smooth moving gradient ``[N, H, W, 3]`` in 0..1."""
+    t = torch.linspace(0, 1, frames).view(-1, 1, 1, 1)
+    y = torch.linspace(0, 1, size).view(1, -1, 1, 1)
+    x = torch.linspace(0, 1, size).view(1, 1, -1, 1)
+    return torch.cat([((x + t) % 1).expand(frames, size, size, 1), y.expand(frames, size, size, 1),
+                      (0.5 + 0.5 * torch.sin(6 * (x + y + t))).expand(frames, size, size, 1)], dim=-1)
