@@ -162,3 +162,17 @@ def test_align_turns_the_body_to_face_like_the_reference(anny):
     assert roma.rotmat_geodesic_distance(before[1], ref_view) > 0.3
     kept = spatial_align(anny, image, reference, moving, width=120, height=160, anchor=1, match_orientation=False)
     assert torch.allclose(camera_orientation(kept.track), before, atol=1e-6)
+
+
+def test_retargeted_silhouette_is_the_reference_body_not_the_driver(anny):
+    """Synthetic field-swap leakage check (bench render's pairs, small): the retargeted silhouette matches the
+    reference body posed in the driver's motion, and the driver's own silhouette clearly does not."""
+    from emosh.bench.render import SHAPES, dance_track, ground_truth, mask_iou
+    from emosh.retarget import retarget
+
+    for driver_name, reference_name in (("slim_adult", "heavy_adult"), ("adult", "child")):
+        driver = dance_track(anny, torch.tensor(SHAPES[driver_name]), 4, height=192, width=128)
+        reference = dance_track(anny, torch.tensor(SHAPES[reference_name]), 1, height=192, width=128)
+        truth = ground_truth(anny, driver, reference.shape)
+        assert mask_iou(anny, retarget(anny, driver, reference), truth) >= 0.97
+        assert mask_iou(anny, driver, truth) < 0.9
