@@ -478,3 +478,19 @@ def test_scail_depth_factor_spans_the_whole_clip(anny, motion_track):
     within = render_all(anny, clip, ("scail",), width=96, height=144, as_uint8=True, batch_size=1)["scail"][0]
     gain = (within.int() - alone.int())[alone.bool().any(-1)]
     assert int(gain.min()) >= -1 and int(gain.max()) >= 3
+
+
+def test_scail2_masks_are_the_silhouette_in_scail2s_first_identity_colour(anny, motion_track):
+    """SCAIL-2's pose_video_mask / reference_image_mask: pure blue (0, 0, 1) exactly on the body's silhouette, black
+    or white everywhere else; SCAIL-2's own 7-colour extraction (threshold 225/255) reads only 'blue' on the body."""
+    frames = render_all(anny, motion_track, ("mask", "scail2_mask", "scail2_mask_white"))
+    body = frames["mask"].bool()
+    assert body.any() and not body.all()
+    for mode, background in (("scail2_mask", 0.0), ("scail2_mask_white", 1.0)):
+        image = frames[mode]
+        assert image.shape == (*body.shape, 3)
+        assert torch.equal(image[body], torch.tensor([0.0, 0.0, 1.0]).expand(int(body.sum()), 3))
+        assert (image[~body] == background).all()
+        on = image > 225.0 / 255.0
+        blue = ~on[..., 0] & ~on[..., 1] & on[..., 2]
+        assert torch.equal(blue, body)

@@ -26,7 +26,11 @@ from . import draw, scail, shading
 from .raster import rasterize
 
 # The render modes: the one list the CLI and the ComfyUI nodes offer.
-MODES = ("hybrid", "keypoints", "normal", "depth", "mask", "parts", "scail")
+MODES = ("hybrid", "keypoints", "normal", "depth", "mask", "parts", "scail", "scail2_mask", "scail2_mask_white")
+# SCAIL-2's colour for its first identity (ComfyUI's SCAIL2ColoredMask palette; the model was trained on exactly
+# these colours): the body's silhouette in it, on black (animation mode's pose_video_mask) or on white (replacement
+# mode's pose_video_mask, and animation mode's reference_image_mask).
+SCAIL2_IDENTITY_RGB = (0.0, 0.0, 1.0)
 
 
 @dataclass
@@ -151,6 +155,11 @@ class _FrameRenderer:
                 out["depth"] = shading.depth_map(fragments, pelvis)
             if "mask" in modes:
                 out["mask"] = fragments.mask.float()
+            for mode, background in (("scail2_mask", 0.0), ("scail2_mask_white", 1.0)):
+                if mode in modes:
+                    colour = torch.tensor(SCAIL2_IDENTITY_RGB, device=self.device)
+                    canvas = torch.full((*fragments.mask.shape, 3), background, device=self.device)
+                    out[mode] = torch.where(fragments.mask[..., None], colour, canvas)
             if "parts" in modes:
                 out["parts"] = shading.parts_map(fragments, self.faces, self.part_labels)
             if "hybrid" in modes or "keypoints" in modes or "scail" in modes:
