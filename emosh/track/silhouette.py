@@ -18,6 +18,7 @@ import torch
 
 MASK_THRESHOLD = 0.5
 MAX_MASK_POINTS = 1500  # person pixels sampled for the coverage term (a grid, so it is deterministic)
+COVER_CLOSING_PX = 7  # closing of the splatted vertices that stands for the mesh's coverage (odd)
 MAX_VERTICES = 5000  # projected vertices the coverage term searches (an evenly spaced subset of the mesh)
 
 
@@ -47,16 +48,39 @@ class Silhouette:
                                                align_corners=False)[0, 0, 0]
 
     def outside(self, vertices2d: torch.Tensor) -> torch.Tensor:
-        """Mean squared distance (% of box) of the projected vertices [V, 2] past the person's outline."""
+        """Mean squared distance (% of box) of the projected vertices [V, 2] past the person's outline. Vertices
+        beyond the image border count as on the person: the photo does not show whether the body goes on there
+        (feet cut off by the frame), and the clamped field would pull them back to the border's own outline."""
+        h, w = self.size
+        in_image = ((vertices2d[:, 0] >= -0.5) & (vertices2d[:, 0] <= w - 0.5)
+                    & (vertices2d[:, 1] >= -0.5) & (vertices2d[:, 1] <= h - 0.5))
         d = self._sample(self.outside_field, vertices2d) / self.box_px * 100.0
-        return d.square().mean()
+        return torch.where(in_image, d, 0.0).square().mean()
 
     def uncovered(self, vertices2d: torch.Tensor) -> torch.Tensor:
-        """Mean capped distance (% of box) from person pixels to the nearest projected vertex [V, 2]."""
+        """Capped distance (% of box) from the person pixels the mesh does not cover to the nearest projected vertex
+        [V, 2], summed and divided by the number of person pixels. Covered pixels count zero: a distance to the
+        nearest *vertex* would otherwise favour a thinner mesh, whose vertices lie closer together."""
+        points = self.points[~self._covered(vertices2d.detach())[self.points[:, 1].long(), self.points[:, 0].long()]]
+        if points.shape[0] == 0:
+            return vertices2d.new_zeros(())
         step = max(vertices2d.shape[0] // MAX_VERTICES, 1)
-        d = torch.cdist(self.points, vertices2d[::step]).min(1).values / self.box_px * 100.0
+        d = torch.cdist(points, vertices2d[::step]).min(1).values / self.box_px * 100.0
         s2 = self.cover_sigma ** 2
-        return (d.square() / (d.square() + s2) * s2).mean()
+        return (d.square() / (d.square() + s2) * s2).sum() / self.points.shape[0]
+
+    def _covered(self, vertices2d: torch.Tensor) -> torch.Tensor:
+        """[H, W] bool: pixels under the mesh, from its projected vertices splatted and closed over a few pixels (the
+        mesh's vertices are a few pixels apart at photo resolution; occlusion does not matter for an outline)."""
+        h, w = self.size
+        xy = vertices2d.round().long()
+        keep = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+        grid = torch.zeros(1, 1, h, w, device=vertices2d.device)
+        grid[0, 0, xy[keep, 1], xy[keep, 0]] = 1.0
+        k = COVER_CLOSING_PX
+        dilated = torch.nn.functional.max_pool2d(grid, k, stride=1, padding=k // 2)
+        closed = -torch.nn.functional.max_pool2d(-dilated, k, stride=1, padding=k // 2)
+        return closed[0, 0] > 0.5
 
 
 def mask_scores(mesh_mask: np.ndarray, person_mask: np.ndarray) -> dict[str, float]:
