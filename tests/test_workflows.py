@@ -10,6 +10,7 @@ stand-ins for the five core nodes it uses (load image/video, frame cut, create/s
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.util
 import json
 import shutil
@@ -32,37 +33,69 @@ FILE_COMBOS = {"image", "file", "unet_name", "clip_name", "vae_name", "ckpt_name
 MUTED = {2, 4}  # node modes: never / bypass
 
 
-PACK_ALIAS = "emosh_pack_nodes"
+PACK = "emosh_pack"  # the name the repository root is imported under, as ComfyUI imports custom_nodes/<pack>
+WIDGET_ATTRIBUTES = {"default": "default", "min": "min", "max": "max", "step": "step", "multiline": "multiline",
+                     "control_after_generate": "control_after_generate", "force_input": "forceInput"}
+
+
+class _LibraryAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``emosh_pack.emosh[.x]`` is the very module ``emosh[.x]`` the tests import: one library, one set of classes
+    (the nodes reach the library by relative imports, so they would otherwise get a second copy of it)."""
+
+    LIBRARY = f"{PACK}.emosh"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.LIBRARY or name.startswith(self.LIBRARY + "."):
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(spec.name[len(PACK) + 1:])
+
+    def exec_module(self, module):
+        """Nothing to run: the module was executed under its own name."""
+
+
+def load_pack() -> ModuleType:
+    """The repository root imported as a package (its ``__init__.py`` defines ``comfy_entrypoint``)."""
+    if PACK not in sys.modules:
+        sys.meta_path.insert(0, _LibraryAlias())
+        spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = package
+        spec.loader.exec_module(package)
+    return sys.modules[PACK]
 
 
 def pack_nodes(module: str = "") -> ModuleType:
-    """Our ``nodes`` package (or one of its modules), imported under an alias.
+    """Our ``nodes`` package (or one of its modules), as a subpackage of the pack: ComfyUI's own top-level ``nodes``
+    module is never shadowed."""
+    load_pack()
+    return importlib.import_module(f"{PACK}.nodes.{module}" if module else f"{PACK}.nodes")
 
-    ComfyUI itself has a top-level ``nodes`` module; importing ours as ``nodes`` would shadow it for any test in the
-    same process that imports ComfyUI (tests/comfyui/), so the tests never do.
-    """
-    if PACK_ALIAS not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_ALIAS, REPO / "nodes" / "__init__.py",
-                                                      submodule_search_locations=[str(REPO / "nodes")])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_ALIAS] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"{PACK_ALIAS}.{module}" if module else PACK_ALIAS)
+
+def node_classes() -> dict[str, type]:
+    """Node id → V3 node class, for every node of the pack."""
+    return {cls.define_schema().node_id: cls for cls in pack_nodes().NODES}
 
 
 # ---------------------------------------------------------------------------------------------- schemas
 def _normalise_ours(cls) -> dict:
-    """Our V1 INPUT_TYPES in the core list's form: {"required": {name: {"type": ..., ...}}, "order": [...]}."""
-    spec = cls.INPUT_TYPES()
-    out: dict = {"required": {}, "optional": {}, "order": [], "output": list(cls.RETURN_TYPES),
-                 "output_name": list(cls.RETURN_NAMES)}
-    for section in ("required", "optional"):
-        for name, value in spec.get(section, {}).items():
-            kind, options = value[0], (value[1] if len(value) > 1 else {})
-            entry = {"type": "COMBO", "options": list(kind)} if isinstance(kind, list) else {"type": kind}
-            entry.update({k: v for k, v in options.items() if k not in ("tooltip",)})
-            out[section][name] = entry
-            out["order"].append((section, name))
+    """Our V3 schema in the core list's form: {"required": {name: {"type": ..., ...}}, "order": [...]}."""
+    schema = cls.define_schema()
+    outputs = schema.outputs or []
+    out: dict = {"required": {}, "optional": {}, "order": [], "output": [o.io_type for o in outputs],
+                 "output_name": [o.display_name for o in outputs]}
+    for item in schema.inputs or []:
+        section = "optional" if item.optional else "required"
+        entry = {"type": item.io_type}
+        if item.io_type == "COMBO":
+            entry["options"] = list(item.options)
+        entry.update({key: getattr(item, attribute) for attribute, key in WIDGET_ATTRIBUTES.items()
+                      if getattr(item, attribute, None) is not None})
+        out[section][item.id] = entry
+        out["order"].append((section, item.id))
     return out
 
 
@@ -98,7 +131,7 @@ def load_schemas(object_info: dict | None = None) -> dict[str, dict]:
         return {name: _normalise_live(info) for name, info in object_info.items()}
     core = json.loads(CORE_FILE.read_text())["nodes"]
     schemas = {name: _normalise_core(info) for name, info in core.items()}
-    schemas.update({name: _normalise_ours(cls) for name, cls in pack_nodes().NODE_CLASS_MAPPINGS.items()})
+    schemas.update({name: _normalise_ours(cls) for name, cls in node_classes().items()})
     return schemas
 
 
@@ -349,7 +382,7 @@ class _CoreStandIns:
 def run_headless(prompt: dict, core: _CoreStandIns) -> dict[str, tuple]:
     """Execute an API prompt in dependency order, each node under ``torch.inference_mode()`` like ComfyUI does
     (its semantics without the cache or lazy inputs)."""
-    NODE_CLASS_MAPPINGS = pack_nodes().NODE_CLASS_MAPPINGS  # noqa: N806
+    classes = node_classes()
     results: dict[str, tuple] = {}
     pending = dict(prompt)
     while pending:
@@ -359,14 +392,14 @@ def run_headless(prompt: dict, core: _CoreStandIns) -> dict[str, tuple]:
         for key in ready:
             node = pending.pop(key)
             inputs = {name: results[v[0]][v[1]] if isinstance(v, list) else v for name, v in node["inputs"].items()}
-            cls = NODE_CLASS_MAPPINGS.get(node["class_type"])
+            cls = classes.get(node["class_type"])
             if cls is None:
                 results[key] = core.run(node["class_type"], inputs)
                 continue
             with torch.inference_mode():  # as ComfyUI's executor runs every node
-                out = getattr(cls(), cls.FUNCTION)(**inputs)
-            results[key] = out["result"] if isinstance(out, dict) else out
-            assert len(results[key]) == len(cls.RETURN_TYPES), node["class_type"]
+                out = cls.execute(**inputs)
+            results[key] = out.args
+            assert len(results[key]) == len(cls.define_schema().outputs or []), node["class_type"]
     return results
 
 
