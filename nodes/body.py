@@ -41,8 +41,9 @@ class EHMBodyModelLoader(io.ComfyNode):
                                tooltip="Where the body model runs: auto = ComfyUI's device (GPU when present), or "
                                        "force cpu/cuda."),
             ],
-            outputs=[EhmModel.Output(display_name="body_model", tooltip="The body model, for the tracker, Track "
-                                                                          "Edit, the renderer, Face Crops and Export.")],
+            outputs=[EhmModel.Output(display_name="body_model",
+                                     tooltip="The body model, for the tracker, Track Edit, the renderer, Face Crops "
+                                             "and Export.")],
         )
 
     @classmethod

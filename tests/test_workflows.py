@@ -155,6 +155,22 @@ def widget_layout(node_type: str, schema: dict) -> list[str | None]:
     return names
 
 
+def required_widget_count(schema: dict, layout: list[str | None]) -> int:
+    """How many saved widget values a node needs: up to its last required widget (with that widget's extras).
+
+    The values after it belong to optional widgets, which a newer ComfyUI may have added at the end (0.27's
+    CreateVideo ``bit_depth``): the frontend gives a widget with no saved value its default, so a workflow saved
+    without them loads on both versions.
+    """
+    sections = {name: section for section, name in schema["order"]}
+    count, owner = 0, None
+    for index, name in enumerate(layout):
+        owner = name if name is not None else owner  # None: an extra value of the widget before it
+        if sections.get(owner) == "required":
+            count = index + 1
+    return count
+
+
 # ---------------------------------------------------------------------------------------------- UI → API
 def ui_to_api(workflow: dict, schemas: dict[str, dict], overrides: dict | None = None) -> dict:
     """ComfyUI API prompt from a UI workflow (what the frontend sends to POST /prompt).
@@ -249,7 +265,7 @@ def check_workflow(workflow: dict, schemas: dict[str, dict]) -> list[str]:
                 problems.append(f"{where}: required input {name!r} is not connected")
         layout = widget_layout(node["type"], schema)
         values = node.get("widgets_values") or []
-        if len(values) != len(layout):
+        if not required_widget_count(schema, layout) <= len(values) <= len(layout):
             problems.append(f"{where}: {len(values)} widget values for {len(layout)} widgets")
             continue
         for name, value in zip(layout, values):
@@ -320,10 +336,28 @@ def test_validator_catches_broken_workflows(schemas):
     broken["nodes"].append({"id": 99, "type": "NoSuchNode", "inputs": [], "outputs": []})
     link = next(link for link in broken["links"] if link[5] == "EHM_TRACK")
     link[5] = "IMAGE"
+    save = next(n for n in broken["nodes"] if n["type"] == "SaveVideo")
+    save["widgets_values"] = save["widgets_values"][:1]  # its required format/codec values are lost
     problems = "\n".join(check_workflow(broken, schemas))
+    assert f"node {save['id']} (SaveVideo): 1 widget values for" in problems
     assert "smoothing=99.0 outside" in problems
     assert "does not point back" in problems and "required input 'track' is not connected" in problems
     assert "unknown node type" in problems and "(link says IMAGE)" in problems
+
+
+def test_workflows_without_a_newer_optional_widget_still_validate(schemas):
+    """0.27's CreateVideo has an optional ``bit_depth`` widget after ``fps``; 0.3.64's does not."""
+    newer = json.loads(json.dumps(schemas))
+    newer["CreateVideo"]["optional"]["bit_depth"] = {"type": "INT", "default": 8, "min": 8, "max": 10}
+    newer["CreateVideo"]["order"].append(("optional", "bit_depth"))
+    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    assert check_workflow(workflow, newer) == []
+    create = next(n for n in workflow["nodes"] if n["type"] == "CreateVideo")
+    create["widgets_values"] = [30.0, 10]
+    assert check_workflow(workflow, newer) == [] and ui_to_api(workflow, newer)[str(create["id"])]["inputs"][
+        "bit_depth"] == 10
+    create["widgets_values"] = [30.0, 10, 1]
+    assert check_workflow(workflow, newer) == [f"node {create['id']} (CreateVideo): 3 widget values for 2 widgets"]
 
 
 def test_ui_to_api_matches_the_node_signatures(schemas):
