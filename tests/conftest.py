@@ -1,7 +1,8 @@
 """Shared fixtures: the cached body model, real media (PyPI-shipped and ../shared) and a temp output dir.
 
 The nodes import ComfyUI's ``comfy_api.latest``: with ``COMFYUI_PATH`` set, that checkout's real one (the path goes
-last on sys.path, so nothing of ours is shadowed); otherwise tests/standin/'s stand-in, so CI needs no ComfyUI.
+last on sys.path, so nothing of ours is shadowed; ComfyUI is told to run on the CPU); otherwise tests/standin/'s
+stand-in, so CI needs no ComfyUI.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ STANDIN = Path(__file__).resolve().parent / "standin"
 
 if os.environ.get("COMFYUI_PATH"):
     sys.path.append(os.environ["COMFYUI_PATH"])
+    import comfy.cli_args  # before anything imports comfy.model_management, which would look for CUDA
+
+    comfy.cli_args.args.cpu = True
 elif importlib.util.find_spec("comfy_api") is None:
     sys.path.append(str(STANDIN))
 

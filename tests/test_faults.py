@@ -24,7 +24,7 @@ from emosh.body import EHMTrack
 from emosh.errors import InputError, MissingModelError, TrackFormatError, UnsafePathError
 from emosh.paths import find_model_file, resolve_inside
 from test_track_format import make_track  # the one synthetic-track builder of the suite
-from test_workflows import pack_nodes  # our nodes package under an alias (ComfyUI owns 'nodes')
+from test_workflows import pack_nodes  # our nodes package, as a subpackage of the pack (ComfyUI owns 'nodes')
 
 
 def _frames(count: int, height: int = 48, width: int = 64, seed: int = 0) -> list[np.ndarray]:
