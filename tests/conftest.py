@@ -62,3 +62,15 @@ def shared_real() -> Path:
     if not (SHARED_REAL / "fullbody_dance.mp4").is_file():
         pytest.skip(f"real dance videos not present at {SHARED_REAL}")
     return SHARED_REAL
+
+
+@pytest.fixture(autouse=True)
+def _comfy_folders_follow_cwd(request, monkeypatch):
+    """With a real ComfyUI importable, its input/output folders are ./input and ./output, as the nodes use outside
+    ComfyUI: no test writes into the checkout's own folders (tests/comfyui/ set up folders of their own)."""
+    if not os.environ.get("COMFYUI_PATH") or request.node.get_closest_marker("comfyui"):
+        return
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(Path("input").resolve()))
+    monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(Path("output").resolve()))

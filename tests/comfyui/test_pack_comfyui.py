@@ -153,7 +153,8 @@ def test_object_info_serves_every_node_with_its_types(server):
                 assert got[1].get("tooltip") == item.tooltip
     # the model folder is registered (users put EMOSH files in models/emosh/)
     assert _get(f"{server['url']}/models/emosh") == []
-    assert info["EmoshTrackLoad"]["input"]["required"]["track_file"][0] == [""]  # no tracks in input/ yet
+    track_file = tw.load_schemas({"EmoshTrackLoad": info["EmoshTrackLoad"]})["EmoshTrackLoad"]["required"]["track_file"]
+    assert track_file["options"] == [""]  # no tracks in input/ yet (V3 serves the options inside, V1 as the type)
     # the workflows are offered as the pack's templates (Workflow → Browse Templates), and served for loading
     templates = _get(f"{server['url']}/workflow_templates")
     assert sorted(templates.get(PACK_LINK, [])) == sorted(p.stem for p in tw.WORKFLOWS)
