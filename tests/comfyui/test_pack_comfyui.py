@@ -275,7 +275,8 @@ def test_interrupt_stops_a_long_tracking_run(server):
     info = _get(f"{server['url']}/object_info", timeout=120)
     workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
     prompt = tw.ui_to_api(workflow, tw.load_schemas(info),
-                          {"Frames to use": {"length": 4096}, "EmoshSpatialAlign": {"width": 128, "height": 128}})
+                          {"Frames to use": {"length": 4096}, "EmoshSpatialAlign": {"width": 128, "height": 128},
+                           "EHM Tracker (driving)": {"iterations": 2000}})  # minutes of tracking even on idle cores
     status, answer = _post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
     assert status == 200 and answer.get("node_errors") == {}, answer
     prompt_id = answer["prompt_id"]
