@@ -1,4 +1,4 @@
-"""EMOSH ComfyUI nodes: one module per stage; this package merges their mappings.
+"""EMOSH ComfyUI nodes: one module per stage; this package collects their V3 node classes.
 
 A module that fails to import is logged by name and the others still load, so one missing optional dependency does
 not hide the whole pack ("IMPORT FAILED" in ComfyUI's log would name the cause, not just the pack).
@@ -8,12 +8,13 @@ from __future__ import annotations
 import importlib
 import logging
 
+from comfy_api.latest import io
+
 log = logging.getLogger(__name__)
 
 MODULES = ("body", "track", "render", "preview", "generate")
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+NODES: list[type[io.ComfyNode]] = []
 
 for _name in MODULES:
     try:
@@ -21,5 +22,4 @@ for _name in MODULES:
     except Exception:  # keep the other stages usable; the log says which module failed and why
         log.exception("EMOSH: could not load nodes/%s.py; its nodes are unavailable", _name)
         continue
-    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+    NODES.extend(_module.NODES)

@@ -1,35 +1,28 @@
-"""Shared glue for the EMOSH ComfyUI nodes: tensor conventions, progress/cancel, safe file names, socket types.
+"""Shared glue for the EMOSH ComfyUI nodes: socket types, tensor conventions, progress/cancel, safe file names.
 
-ComfyUI modules (``comfy.*``, ``folder_paths``) are imported inside the functions, so every node module imports
-without ComfyUI (the CI schema tests rely on it). The library is reached through :func:`lib`, which works both when
-ComfyUI loads the pack as a package (``<pack>.emosh``) and when the repository root is on ``sys.path`` (tests, CLI).
+The nodes are ComfyUI V3 nodes (``comfy_api.latest``); other ComfyUI modules (``comfy.*``, ``folder_paths``) are
+imported inside the functions that need them. The library is the pack's sibling package, reached by relative imports.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
-import importlib
 import os
 from pathlib import Path
-from types import ModuleType
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
-try:  # inside ComfyUI the pack is a package and the library is its sibling subpackage
-    from .. import emosh as _emosh_package
-except ImportError:  # repository root on sys.path (tests, scripts)
-    import emosh as _emosh_package
+from ..emosh.errors import InputError
+from ..emosh.paths import resolve_inside
 
 EHM_MODEL = "EHM_MODEL"  # socket type of a loaded body model (emosh.body.BodyModel)
 EHM_TRACK = "EHM_TRACK"  # socket type of a tracked person (emosh.body.EHMTrack)
+EhmModel = io.Custom(EHM_MODEL)
+EhmTrack = io.Custom(EHM_TRACK)
 ROOT_CATEGORY = "EMOSH"
-
-
-def lib(module: str) -> ModuleType:
-    """The library module ``emosh.<module>``; imported on first use so ComfyUI starts fast (no mediapipe at boot)."""
-    return importlib.import_module(f"{_emosh_package.__name__}.{module}")
 
 
 # ---------------------------------------------------------------------------------------------- tensor conventions
@@ -46,7 +39,7 @@ def uint8_to_image(frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] != 3:
-        raise lib("errors").InputError(f"Expected RGB frames [B, H, W, 3], got shape {array.shape}")
+        raise InputError(f"Expected RGB frames [B, H, W, 3], got shape {array.shape}")
     return torch.from_numpy(np.ascontiguousarray(array)).float().div_(255.0)
 
 
@@ -62,11 +55,11 @@ def check_image(images: torch.Tensor, name: str = "image") -> None:
     """Refuse anything that is not an IMAGE batch, with a message instead of a shape error deep inside."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise lib("errors").InputError(f"{name} must be a ComfyUI IMAGE [batch, height, width, channels], got {shape}")
+        raise InputError(f"{name} must be a ComfyUI IMAGE [batch, height, width, channels], got {shape}")
     if images.shape[0] < 1:
-        raise lib("errors").InputError(f"{name} is an empty image batch")
+        raise InputError(f"{name} is an empty image batch")
     if images.dtype.is_floating_point and not torch.isfinite(images).all():
-        raise lib("errors").InputError(f"{name} contains NaN or Inf values; check the node that produced it")
+        raise InputError(f"{name} contains NaN or Inf values; check the node that produced it")
 
 
 def mask_to_float(mask: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
@@ -79,9 +72,9 @@ def mask_to_float(mask: torch.Tensor, frames: int, height: int, width: int) -> t
     if m.dim() == 2:
         m = m[None]
     if m.dim() != 3:
-        raise lib("errors").InputError(f"mask must be a ComfyUI MASK [batch, height, width], got {tuple(mask.shape)}")
+        raise InputError(f"mask must be a ComfyUI MASK [batch, height, width], got {tuple(mask.shape)}")
     if m.shape[0] not in (1, frames):
-        raise lib("errors").InputError(f"mask has {m.shape[0]} frames but the images have {frames}; give one mask "
+        raise InputError(f"mask has {m.shape[0]} frames but the images have {frames}; give one mask "
                                        f"or one per frame")
     if m.shape[1:] != (height, width):
         m = torch.nn.functional.interpolate(m[:, None], size=(height, width), mode="bilinear",
@@ -153,8 +146,8 @@ def comfy_folder(kind: str) -> Path:
 def safe_path(name: str, kind: str) -> Path:
     """A workflow-supplied file name resolved inside ComfyUI's ``kind`` folder; anything outside is refused."""
     if not name or not str(name).strip():
-        raise lib("errors").InputError(f"Empty file name (expected a name inside the ComfyUI {kind} folder)")
-    return lib("paths").resolve_inside(str(name).strip(), [comfy_folder(kind)])
+        raise InputError(f"Empty file name (expected a name inside the ComfyUI {kind} folder)")
+    return resolve_inside(str(name).strip(), [comfy_folder(kind)])
 
 
 def output_stem(filename_prefix: str) -> Path:
@@ -165,7 +158,7 @@ def output_stem(filename_prefix: str) -> Path:
     """
     base = safe_path(filename_prefix, "output")
     if base == comfy_folder("output").resolve():
-        raise lib("errors").InputError("filename_prefix must name a file, not the output folder itself")
+        raise InputError("filename_prefix must name a file, not the output folder itself")
     base.parent.mkdir(parents=True, exist_ok=True)
     taken = {p.name.split(".", 1)[0] for p in base.parent.glob(f"{glob.escape(base.name)}_*")}
     counter = 1

@@ -1,7 +1,7 @@
 """ComfyUI nodes for EMOSH generation: Hybrid Motion Injector and EMOSH Sampler.
 
 Thin adapters: they convert ComfyUI objects (MODEL, VAE, IMAGE, CONDITIONING) and call ``emosh.generate``, where
-the maths lives. ComfyUI modules are imported inside the functions so this file imports without ComfyUI.
+the maths lives. ComfyUI modules other than ``comfy_api`` are imported inside the functions.
 """
 from __future__ import annotations
 
@@ -11,18 +11,13 @@ from typing import Any
 
 import torch
 
-try:  # loaded as part of the pack (package-relative) or with the repo root on sys.path (tests, CLI)
-    from ..emosh.errors import InputError
-    from ..emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
-    from ..emosh.generate.chunks import (ChunkConditioning, check_video_inputs, denoise_in_chunks, latent_frame_count,
-                                         pad_video_to_latent_grid, run_model_on_chunk)
-    from ..emosh.generate.loaders import load_adapter
-except ImportError:
-    from emosh.errors import InputError
-    from emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
-    from emosh.generate.chunks import (ChunkConditioning, check_video_inputs, denoise_in_chunks, latent_frame_count,
-                                       pad_video_to_latent_grid, run_model_on_chunk)
-    from emosh.generate.loaders import load_adapter
+from comfy_api.latest import io
+
+from ..emosh.errors import InputError
+from ..emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
+from ..emosh.generate.chunks import (ChunkConditioning, check_video_inputs, denoise_in_chunks, latent_frame_count,
+                                     pad_video_to_latent_grid, run_model_on_chunk)
+from ..emosh.generate.loaders import load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -130,37 +125,41 @@ def _adapter_files() -> list[str]:
         return []
 
 
-class HybridMotionInjector:
-    DESCRIPTION = ("EMOSH Hybrid Motion Injection: encodes the hybrid control frames with the VAE into motion latents "
-                   "and adds them, through a patch embedding, to the noisy video tokens of a native Wan model. "
-                   "Returns a patched copy of the MODEL that works with stock KSampler, SamplerCustomAdvanced and the "
-                   "EMOSH Sampler. With a Wan-Animate model its own pose_patch_embedding is used (no adapter file).")
-    CATEGORY = CATEGORY
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The Wan model with the motion injection attached (the input MODEL is left unchanged).",)
+class HybridMotionInjector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EmoshHybridMotionInjector",
+            display_name="Hybrid Motion Injector",
+            category=CATEGORY,
+            description=("EMOSH Hybrid Motion Injection: encodes the hybrid control frames with the VAE into motion "
+                         "latents and adds them, through a patch embedding, to the noisy video tokens of a native Wan "
+                         "model. Returns a patched copy of the MODEL that works with stock KSampler, "
+                         "SamplerCustomAdvanced and the EMOSH Sampler. With a Wan-Animate model its own "
+                         "pose_patch_embedding is used (no adapter file)."),
+            inputs=[
+                io.Model.Input("model", tooltip="A native Wan 2.1/2.2 video model (UNETLoader / Load Diffusion "
+                                                "Model)."),
+                io.Vae.Input("vae", tooltip="The Wan VAE that encodes the control frames into motion latents."),
+                io.Image.Input("control", tooltip="Hybrid control frames (Mesh Condition Renderer), one per output "
+                                                  "frame, at the output resolution."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.05,
+                               tooltip="Multiplier of the motion tokens; 0 disables the injection."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the sampling steps after which the motion is added."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the sampling steps after which the motion stops."),
+                io.Combo.Input("adapter", options=_adapter_files() + [USE_ANIMATE_EMBEDDING],
+                               tooltip="EMOSH adapter weights (.safetensors) from models/emosh/. Choose the "
+                                       "Wan-Animate entry to use a Wan-Animate model's own pose_patch_embedding."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The Wan model with the motion injection "
+                                                                   "attached (the input MODEL is left unchanged).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "A native Wan 2.1/2.2 video model (UNETLoader / Load Diffusion Model)."}),
-            "vae": ("VAE", {"tooltip": "The Wan VAE that encodes the control frames into motion latents."}),
-            "control": ("IMAGE", {"tooltip": "Hybrid control frames (Mesh Condition Renderer), one per output frame, "
-                                             "at the output resolution."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
-                                   "tooltip": "Multiplier of the motion tokens; 0 disables the injection."}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                        "tooltip": "Fraction of the sampling steps after which the motion is added."}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                      "tooltip": "Fraction of the sampling steps after which the motion stops."}),
-            "adapter": (_adapter_files() + [USE_ANIMATE_EMBEDDING],
-                        {"tooltip": "EMOSH adapter weights (.safetensors) from models/emosh/. Choose the Wan-Animate "
-                                    "entry to use a Wan-Animate model's own pose_patch_embedding."}),
-        }}
-
-    def patch(self, model, vae, control: torch.Tensor, strength: float, start_percent: float, end_percent: float,
-              adapter: str):
+    def execute(cls, model, vae, control: torch.Tensor, strength: float, start_percent: float, end_percent: float,
+                adapter: str) -> io.NodeOutput:
         diffusion_model = model.model.diffusion_model
         if adapter == USE_ANIMATE_EMBEDDING:
             if not hasattr(diffusion_model, "pose_patch_embedding"):
@@ -180,7 +179,7 @@ class HybridMotionInjector:
         latents = model.model.process_latent_in(raw).to("cpu")
         patched = _with_emosh_wrapper(model)
         _set_transformer_option(patched, MOTION_KEY, MotionPatch(motion_adapter, latents, schedule, control.shape[0]))
-        return (patched,)
+        return io.NodeOutput(patched)
 
 
 def _sampler_lists() -> tuple[list[str], list[str]]:
@@ -191,62 +190,67 @@ def _sampler_lists() -> tuple[list[str], list[str]]:
         return ["euler"], ["simple"]
 
 
-class EmoshSampler:
-    DESCRIPTION = ("EMOSH chunked long-video sampler. Splits the video into overlapping chunks; each chunk is "
-                   "denoised by ComfyUI's sampler (or the SAMPLER/SIGMAS you connect) with the reference latent, the "
-                   "spatially-aligned latent (first frame of chunk 1) and the temporal latents (last frames of the "
-                   "previous chunk) placed before it in time; chunks are cross-faded in the overlaps.")
-    CATEGORY = CATEGORY
-    FUNCTION = "sample"
-    RETURN_TYPES = ("LATENT", "IMAGE")
-    RETURN_NAMES = ("latent", "images")
-    OUTPUT_TOOLTIPS = ("The whole video latent.", "The decoded video frames.")
+class EmoshSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        samplers, schedulers = _sampler_lists()
+        return io.Schema(
+            node_id="EmoshSampler",
+            display_name="EMOSH Sampler",
+            category=CATEGORY,
+            description=("EMOSH chunked long-video sampler. Splits the video into overlapping chunks; each chunk is "
+                         "denoised by ComfyUI's sampler (or the SAMPLER/SIGMAS you connect) with the reference "
+                         "latent, the spatially-aligned latent (first frame of chunk 1) and the temporal latents (last "
+                         "frames of the previous chunk) placed before it in time; chunks are cross-faded in the "
+                         "overlaps."),
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan model, usually patched by the Hybrid Motion Injector."),
+                io.Conditioning.Input("positive", tooltip="Text conditioning (umT5) describing the video."),
+                io.Conditioning.Input("negative", tooltip="Negative text conditioning."),
+                io.Vae.Input("vae", tooltip="The Wan VAE: encodes reference/init frames and decodes the result."),
+                io.Image.Input("reference", tooltip="The reference person, aligned to the control frames' size "
+                                                    "(Spatial Align); only the first image is used."),
+                io.Image.Input("control", tooltip="The whole control video; it sets the output length and size."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the noise of the whole video (shared by overlapping chunks)."),
+                io.Int.Input("steps", default=20, min=1, max=1000,
+                             tooltip="Sampling steps per chunk (ignored when SIGMAS are connected)."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=samplers,
+                               tooltip="ComfyUI sampler (ignored when a SAMPLER is connected)."),
+                io.Combo.Input("scheduler", options=schedulers,
+                               tooltip="ComfyUI scheduler (ignored when SIGMAS are connected)."),
+                io.Int.Input("chunk_frames", default=81, min=5, max=1001, step=4,
+                             tooltip="Frames per chunk (4k+1 frames match Wan's latent grid)."),
+                io.Int.Input("overlap_frames", default=8, min=0, max=1000, step=4,
+                             tooltip="Frames shared by consecutive chunks and cross-faded."),
+                io.Int.Input("temporal_latents", default=1, min=0, max=16,
+                             tooltip="Latent frames (4 video frames each) of the previous chunk that condition the "
+                                     "next chunk."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="Below 1 the init video is kept partly (needs init_video)."),
+                io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                          tooltip="CLIP vision of the reference, for image-to-video Wan models."),
+                io.Sampler.Input("sampler", optional=True,
+                                 tooltip="A custom sampler (e.g. KSamplerSelect); replaces sampler_name."),
+                io.Sigmas.Input("sigmas", optional=True,
+                                tooltip="Custom sigmas (e.g. BasicScheduler); replace steps/scheduler/denoise."),
+                io.Image.Input("init_video", optional=True,
+                               tooltip="A video to start from (e.g. the preview animator's output), same length and "
+                                       "size as the control video."),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip="The whole video latent."),
+                io.Image.Output(display_name="images", tooltip="The decoded video frames."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        samplers, schedulers = _sampler_lists()
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "A Wan model, usually patched by the Hybrid Motion Injector."}),
-                "positive": ("CONDITIONING", {"tooltip": "Text conditioning (umT5) describing the video."}),
-                "negative": ("CONDITIONING", {"tooltip": "Negative text conditioning."}),
-                "vae": ("VAE", {"tooltip": "The Wan VAE: encodes reference/init frames and decodes the result."}),
-                "reference": ("IMAGE", {"tooltip": "The reference person, aligned to the control frames' size "
-                                                   "(Spatial Align); only the first image is used."}),
-                "control": ("IMAGE", {"tooltip": "The whole control video; it sets the output length and size."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "Seed of the noise of the whole video (shared by overlapping chunks)."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 1000,
-                                  "tooltip": "Sampling steps per chunk (ignored when SIGMAS are connected)."}),
-                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                  "tooltip": "Classifier-free guidance scale."}),
-                "sampler_name": (samplers, {"tooltip": "ComfyUI sampler (ignored when a SAMPLER is connected)."}),
-                "scheduler": (schedulers, {"tooltip": "ComfyUI scheduler (ignored when SIGMAS are connected)."}),
-                "chunk_frames": ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4,
-                                         "tooltip": "Frames per chunk (4k+1 frames match Wan's latent grid)."}),
-                "overlap_frames": ("INT", {"default": 8, "min": 0, "max": 1000, "step": 4,
-                                           "tooltip": "Frames shared by consecutive chunks and cross-faded."}),
-                "temporal_latents": ("INT", {"default": 1, "min": 0, "max": 16,
-                                             "tooltip": "Latent frames (4 video frames each) of the previous chunk "
-                                                        "that condition the next chunk."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
-                                      "tooltip": "Below 1 the init video is kept partly (needs init_video)."}),
-            },
-            "optional": {
-                "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip": "CLIP vision of the reference, for "
-                                                                         "image-to-video Wan models."}),
-                "sampler": ("SAMPLER", {"tooltip": "A custom sampler (e.g. KSamplerSelect); replaces sampler_name."}),
-                "sigmas": ("SIGMAS", {"tooltip": "Custom sigmas (e.g. BasicScheduler); replace steps/scheduler/"
-                                                 "denoise."}),
-                "init_video": ("IMAGE", {"tooltip": "A video to start from (e.g. the preview animator's output), "
-                                                    "same length and size as the control video."}),
-            },
-        }
-
-    def sample(self, model, positive, negative, vae, reference: torch.Tensor, control: torch.Tensor, seed: int,
-               steps: int, cfg: float, sampler_name: str, scheduler: str, chunk_frames: int, overlap_frames: int,
-               temporal_latents: int, denoise: float, clip_vision_output=None, sampler=None, sigmas=None,
-               init_video: torch.Tensor | None = None):
+    def execute(cls, model, positive, negative, vae, reference: torch.Tensor, control: torch.Tensor, seed: int,
+                steps: int, cfg: float, sampler_name: str, scheduler: str, chunk_frames: int, overlap_frames: int,
+                temporal_latents: int, denoise: float, clip_vision_output=None, sampler=None, sigmas=None,
+                init_video: torch.Tensor | None = None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.sample
         import comfy.utils
@@ -301,14 +305,7 @@ class EmoshSampler:
                                    device="cpu")
         images = vae.decode(latent)
         images = images.reshape(-1, *images.shape[-3:])[: control.shape[0]]
-        return ({"samples": latent}, images)
+        return io.NodeOutput({"samples": latent}, images)
 
 
-NODE_CLASS_MAPPINGS = {
-    "EmoshHybridMotionInjector": HybridMotionInjector,
-    "EmoshSampler": EmoshSampler,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "EmoshHybridMotionInjector": "Hybrid Motion Injector",
-    "EmoshSampler": "EMOSH Sampler",
-}
+NODES = [HybridMotionInjector, EmoshSampler]

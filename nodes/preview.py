@@ -2,43 +2,53 @@
 from __future__ import annotations
 
 import torch
+from comfy_api.latest import io
 
-from .common import (EHM_MODEL, EHM_TRACK, ROOT_CATEGORY, Progress, as_image, check_image, image_to_uint8,
-                     lib, mask_from_float, mask_to_float)
+from ..emosh.generate import preview
+from .common import (ROOT_CATEGORY, EhmModel, EhmTrack, Progress, as_image, check_image, image_to_uint8,
+                     mask_from_float, mask_to_float)
 
 
-class EmoshPreviewAnimate:
-    DESCRIPTION = ("Training-free preview: paints the reference photo onto the reference-fitted body mesh and "
-                   "re-renders it in the retargeted motion over the reference background with the person removed. "
-                   "Needs no model files and runs on a CPU; also a good init video for the EMOSH Sampler.")
-    CATEGORY = f"{ROOT_CATEGORY}/animate"
-    FUNCTION = "animate"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("images", "person_mask")
-    OUTPUT_TOOLTIPS = ("The animated video frames at the track's size.", "Where the animated person is (soft edge).")
+class EmoshPreviewAnimate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="EmoshPreviewAnimate",
+            display_name="EMOSH Preview Animate",
+            category=f"{ROOT_CATEGORY}/animate",
+            description=("Training-free preview: paints the reference photo onto the reference-fitted body mesh and "
+                         "re-renders it in the retargeted motion over the reference background with the person "
+                         "removed. Needs no model files and runs on a CPU; also a good init video for the EMOSH "
+                         "Sampler."),
+            inputs=[
+                EhmModel.Input("body_model", tooltip="The body model the tracks were made with."),
+                io.Image.Input("reference_image", tooltip="The original reference photo (texture source; first "
+                                                          "image)."),
+                EhmTrack.Input("reference_track", tooltip="The reference photo's track (EHM Tracker, reference "
+                                                          "mode)."),
+                EhmTrack.Input("track", tooltip="The motion to animate, in output coordinates (Spatial Align's "
+                                                "track)."),
+                io.Image.Input("background", tooltip="The output-size reference (Spatial Align's reference output); "
+                                                     "the person is inpainted away and the animation composited "
+                                                     "over it."),
+                io.Mask.Input("background_mask", tooltip="The reference person in the background image (Spatial "
+                                                         "Align's reference_mask)."),
+                io.Int.Input("texture_size", default=1024, min=256, max=4096, step=256,
+                             tooltip="Side of the UV texture painted from the photo."),
+                io.Int.Input("batch_size", default=8, min=1, max=256,
+                             tooltip="Frames rendered at once (memory vs speed)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="The animated video frames at the track's size."),
+                io.Mask.Output(display_name="person_mask", tooltip="Where the animated person is (soft edge)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "body_model": (EHM_MODEL, {"tooltip": "The body model the tracks were made with."}),
-            "reference_image": ("IMAGE", {"tooltip": "The original reference photo (texture source; first image)."}),
-            "reference_track": (EHM_TRACK, {"tooltip": "The reference photo's track (EHM Tracker, reference mode)."}),
-            "track": (EHM_TRACK, {"tooltip": "The motion to animate, in output coordinates (Spatial Align's track)."}),
-            "background": ("IMAGE", {"tooltip": "The output-size reference (Spatial Align's reference output); the "
-                                                "person is inpainted away and the animation composited over it."}),
-            "background_mask": ("MASK", {"tooltip": "The reference person in the background image (Spatial Align's "
-                                                    "reference_mask)."}),
-            "texture_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 256,
-                                     "tooltip": "Side of the UV texture painted from the photo."}),
-            "batch_size": ("INT", {"default": 8, "min": 1, "max": 256,
-                                   "tooltip": "Frames rendered at once (memory vs speed)."}),
-        }}
-
-    def animate(self, body_model, reference_image: torch.Tensor, reference_track, track, background: torch.Tensor,
-                background_mask: torch.Tensor, texture_size: int, batch_size: int):
+    def execute(cls, body_model, reference_image: torch.Tensor, reference_track, track, background: torch.Tensor,
+                background_mask: torch.Tensor, texture_size: int, batch_size: int) -> io.NodeOutput:
         check_image(reference_image, "reference_image")
         check_image(background, "background")
-        preview = lib("generate.preview")
         plate = image_to_uint8(background[:1])[0]
         height, width = plate.shape[:2]
         person = mask_to_float(background_mask[:1], 1, height, width)[0].numpy() >= 0.5
@@ -52,8 +62,7 @@ class EmoshPreviewAnimate:
             frames.append(as_image(images))
             alphas.append(mask_from_float(alpha))
             bar.progress(min(start + batch_size, track.num_frames))
-        return (torch.cat(frames), mask_from_float(torch.cat(alphas)))
+        return io.NodeOutput(torch.cat(frames), mask_from_float(torch.cat(alphas)))
 
 
-NODE_CLASS_MAPPINGS = {"EmoshPreviewAnimate": EmoshPreviewAnimate}
-NODE_DISPLAY_NAME_MAPPINGS = {"EmoshPreviewAnimate": "EMOSH Preview Animate"}
+NODES = [EmoshPreviewAnimate]

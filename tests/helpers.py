@@ -1,4 +1,5 @@
-"""What several test modules build: the one synthetic track, our nodes package under an alias, tiny diffusers models.
+"""What several test modules build: the one synthetic track, the pack and its nodes as ComfyUI loads them, tiny
+diffusers models.
 
 Test modules import from here, never from each other (a test module imported by another runs its module-level
 code twice and couples unrelated tests).
@@ -6,6 +7,7 @@ code twice and couples unrelated tests).
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,7 +19,6 @@ from emosh.body import NUM_LANDMARKS, EHMTrack
 from emosh.body.camera import default_focal, view_rotation
 
 REPO = Path(__file__).resolve().parents[1]
-PACK_ALIAS = "emosh_pack_nodes"
 ANNY_SIZES = {"pose": 103, "expression": 52, "shape": 6, "up_axis": 2}  # format tests need no loaded model
 TEXT_DIM = 32
 
@@ -56,19 +57,49 @@ def synthetic_track(model=None, frames: int = 6, size: tuple[int, int] = (240, 3
 
 
 # ---------------------------------------------------------------------------------------------- nodes
-def pack_nodes(module: str = "") -> ModuleType:
-    """Our ``nodes`` package (or one of its modules), imported under an alias.
+PACK = "emosh_pack"  # the name the repository root is imported under, as ComfyUI imports custom_nodes/<pack>
 
-    ComfyUI itself has a top-level ``nodes`` module; importing ours as ``nodes`` would shadow it for any test in the
-    same process that imports ComfyUI (tests/comfyui/), so the tests never do.
-    """
-    if PACK_ALIAS not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_ALIAS, REPO / "nodes" / "__init__.py",
-                                                      submodule_search_locations=[str(REPO / "nodes")])
+
+class _LibraryAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``emosh_pack.emosh[.x]`` is the very module ``emosh[.x]`` the tests import: one library, one set of classes
+    (the nodes reach the library by relative imports, so they would otherwise get a second copy of it)."""
+
+    LIBRARY = f"{PACK}.emosh"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.LIBRARY or name.startswith(self.LIBRARY + "."):
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(spec.name[len(PACK) + 1:])
+
+    def exec_module(self, module):
+        """Nothing to run: the module was executed under its own name."""
+
+
+def load_pack() -> ModuleType:
+    """The repository root imported as a package (its ``__init__.py`` defines ``comfy_entrypoint``)."""
+    if PACK not in sys.modules:
+        sys.meta_path.insert(0, _LibraryAlias())
+        spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
         package = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_ALIAS] = package
+        sys.modules[PACK] = package
         spec.loader.exec_module(package)
-    return importlib.import_module(f"{PACK_ALIAS}.{module}" if module else PACK_ALIAS)
+    return sys.modules[PACK]
+
+
+def pack_nodes(module: str = "") -> ModuleType:
+    """Our ``nodes`` package (or one of its modules), as a subpackage of the pack: ComfyUI's own top-level ``nodes``
+    module is never shadowed."""
+    load_pack()
+    return importlib.import_module(f"{PACK}.nodes.{module}" if module else f"{PACK}.nodes")
+
+
+def node_classes() -> dict[str, type]:
+    """Node id → V3 node class, for every node of the pack."""
+    return {cls.define_schema().node_id: cls for cls in pack_nodes().NODES}
 
 
 # ---------------------------------------------------------------------------------------------- generation

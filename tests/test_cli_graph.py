@@ -22,7 +22,7 @@ from emosh.keypoints import BODY_NAMES
 from emosh.render.renderer import render_all
 from emosh.video import write_image, write_video
 
-from helpers import pack_nodes, synthetic_track
+from helpers import node_classes, pack_nodes, synthetic_track
 
 HEIGHT, WIDTH = 96, 64
 OPTIONS = cli.AnimateOptions(width=WIDTH, height=HEIGHT, batch_size=3, texture_size=256)
@@ -84,20 +84,18 @@ def _cli(inputs, monkeypatch) -> tuple[EHMTrack, np.ndarray, np.ndarray]:
 
 def _defaults(cls) -> dict:
     """Every widget of a node at its default value, as a new node in a workflow has them."""
-    spec = cls.INPUT_TYPES()
-    return {name: value[1]["default"] for section in ("required", "optional")
-            for name, value in spec.get(section, {}).items() if len(value) > 1 and "default" in value[1]}
+    return {item.id: item.default for item in cls.define_schema().inputs if getattr(item, "default", None) is not None}
 
 
 def _graph(anny, inputs) -> tuple[EHMTrack, torch.Tensor, torch.Tensor]:
     _, photo, reference, driving, _ = inputs
-    nodes = pack_nodes().NODE_CLASS_MAPPINGS
+    nodes = node_classes()
     image = pack_nodes("common").uint8_to_image(photo)
 
     def call(node_id: str, **given):
         cls = nodes[node_id]
         with torch.inference_mode():  # as ComfyUI's executor runs every node
-            return getattr(cls(), cls.FUNCTION)(**{**_defaults(cls), **given})
+            return cls.execute(**{**_defaults(cls), **given}).args
 
     (moved,) = call("EmoshShapeSwapRetarget", body_model=anny, driving_track=driving, reference_track=reference)
     track, background, mask = call("EmoshSpatialAlign", body_model=anny, reference_image=image,
@@ -147,14 +145,15 @@ def test_cli_and_tracker_node_track_the_same_frames_with_the_same_settings(anny,
         return synthetic_track(anny, frames.shape[0], size=frames.shape[1:3], fps=kwargs.get("fps", 25.0))
 
     monkeypatch.setattr(tracker, "track_frames", record)
+    monkeypatch.setattr(pack_nodes("track"), "track_frames", record)  # the node module holds its own reference
     photo = read_image(astronaut_path)
     cli.track_inputs(anny, photo, carphone_path, cli.AnimateOptions(max_frames=3), cli._Stages(None, None))
-    node = pack_nodes().NODE_CLASS_MAPPINGS["EmoshTracker"]
+    node = node_classes()["EmoshTracker"]
     to_image = pack_nodes("common").uint8_to_image
     settings = {k: v for k, v in _defaults(node).items() if k not in ("mode", "fps")}
     with torch.inference_mode():
-        node().track(anny, to_image(photo), "reference image", fps=25.0, **settings)
-        node().track(anny, to_image(read_frames(carphone_path, max_frames=3)), "video",
+        node.execute(anny, to_image(photo), "reference image", fps=25.0, **settings)
+        node.execute(anny, to_image(read_frames(carphone_path, max_frames=3)), "video",
                      fps=float(probe_video(carphone_path).fps), **settings)
     cli_reference, cli_driving, node_reference, node_driving = calls
     for cli_call, node_call in ((cli_reference, node_reference), (cli_driving, node_driving)):

@@ -1,9 +1,7 @@
 """EMOSH generation on tiny random-weight diffusers Wan models (no downloads, no ComfyUI)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from emosh.generate.adapter import InjectionSchedule, MotionAdapter, inject_moti
 from emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, plan_chunks,
                                    run_model_on_chunk)
 
-from helpers import TEXT_DIM, moving_video, random_adapter, tiny_transformer, tiny_vae
+from helpers import TEXT_DIM, moving_video, pack_nodes, random_adapter, tiny_transformer, tiny_vae
 
 def tiny_pipeline(adapter: MotionAdapter | None = None):
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -372,31 +370,20 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
 # ---------------------------------------------------------------- node schemas (no ComfyUI needed)
 
 
-def _load_node_module():
-    path = Path(__file__).resolve().parents[1] / "nodes" / "generate.py"
-    spec = importlib.util.spec_from_file_location("emosh_test_nodes_generate", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_node_schemas():
-    module = _load_node_module()
-    assert set(module.NODE_CLASS_MAPPINGS) == set(module.NODE_DISPLAY_NAME_MAPPINGS)
-    assert set(module.NODE_DISPLAY_NAME_MAPPINGS.values()) == {"Hybrid Motion Injector", "EMOSH Sampler"}
-    for cls in module.NODE_CLASS_MAPPINGS.values():
-        assert cls.CATEGORY == "EMOSH/generate" and cls.DESCRIPTION
-        assert callable(getattr(cls, cls.FUNCTION))
-        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
-        inputs = cls.INPUT_TYPES()
-        for section in inputs.values():
-            for name, spec in section.items():
-                assert spec[1].get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
-                if spec[0] in ("INT", "FLOAT"):
-                    assert spec[1]["min"] <= spec[1]["default"] <= spec[1]["max"], name
-    assert module.EmoshSampler.RETURN_TYPES == ("LATENT", "IMAGE")
-    assert module.HybridMotionInjector.RETURN_TYPES == ("MODEL",)
+    module = pack_nodes("generate")
+    schemas = {cls.__name__: cls.define_schema() for cls in module.NODES}
+    assert {s.display_name for s in schemas.values()} == {"Hybrid Motion Injector", "EMOSH Sampler"}
+    for cls in module.NODES:
+        schema = cls.define_schema()
+        assert schema.category == "EMOSH/generate" and schema.description
+        assert all(o.display_name and o.tooltip for o in schema.outputs)
+        for item in schema.inputs:
+            assert item.tooltip, f"{cls.__name__}.{item.id} has no tooltip"
+            if item.io_type in ("INT", "FLOAT"):
+                assert item.min <= item.default <= item.max, item.id
+    assert [o.io_type for o in schemas["EmoshSampler"].outputs] == ["LATENT", "IMAGE"]
+    assert [o.io_type for o in schemas["HybridMotionInjector"].outputs] == ["MODEL"]
 
 
 class _ComfyStandIns:
@@ -463,12 +450,12 @@ def test_sampler_node_runs_the_shared_chunk_loop(monkeypatch):
     """The EMOSH Sampler node, with ComfyUI stood in: one sampler run per planned chunk on that chunk's slice of the
     whole-video noise and of the init latents, conditioning in model space, progress to the last chunk."""
     comfy = _ComfyStandIns(monkeypatch)
-    sampler = _load_node_module().EmoshSampler()
+    sampler = pack_nodes("generate").EmoshSampler
     control = moving_video(37)
     init = control.flip(2)
-    latent, images = sampler.sample(_StandInModel(), [], [], _StandInVae(), control[:1], control, seed=5, steps=2,
-                                    cfg=1.0, sampler_name="euler", scheduler="simple", chunk_frames=17,
-                                    overlap_frames=8, temporal_latents=1, denoise=0.5, init_video=init)
+    latent, images = sampler.execute(_StandInModel(), [], [], _StandInVae(), control[:1], control, seed=5, steps=2,
+                                     cfg=1.0, sampler_name="euler", scheduler="simple", chunk_frames=17,
+                                     overlap_frames=8, temporal_latents=1, denoise=0.5, init_video=init).args
     chunks = plan_chunks(10, 5, 2)
     noise = torch.randn(1, 16, 10, 4, 4, generator=torch.Generator().manual_seed(5))
     assert [window.start for window, _, _ in comfy.calls] == [c.start for c in chunks]

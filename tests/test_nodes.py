@@ -1,14 +1,17 @@
-"""ComfyUI node schemas and node calls, without ComfyUI.
+"""ComfyUI V3 node schemas and node calls, without ComfyUI (tests/standin/ stands in for ``comfy_api.latest``).
 
-Every node class must have a schema ComfyUI accepts (types, tooltips, defaults within min/max, outputs that match
-RETURN_TYPES), custom sockets must connect only to their own type, and the cheap nodes are called for real to check
-that what they return follows ComfyUI's tensor conventions. Tracker/retarget/align/preview run in test_workflows.py.
+Every node class must have a schema ComfyUI accepts (types, tooltips, defaults within min/max, outputs with names),
+custom sockets must connect only to their own type, and the cheap nodes are called for real to check that what they
+return follows ComfyUI's tensor conventions. Tracker/retarget/align/preview run in test_workflows.py.
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +22,13 @@ from emosh import edit
 from emosh.body import BodyModel, EHMTrack
 from emosh.errors import InputError, UnsafePathError
 
-from helpers import pack_nodes, synthetic_track
+from helpers import load_pack, node_classes, pack_nodes, synthetic_track
 
-nodes = pack_nodes()
+NODES = node_classes()
 common = pack_nodes("common")
-NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS
 EHM_MODEL, EHM_TRACK = common.EHM_MODEL, common.EHM_TRACK
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 EXPECTED = {"EmoshBodyModelLoader", "EmoshTracker", "EmoshTrackSave", "EmoshTrackLoad", "EmoshTrackEdit",
             "EmoshTrackMix", "EmoshFaceCrops", "EmoshExport", "EmoshShapeSwapRetarget", "EmoshSpatialAlign",
             "EmoshMeshConditionRenderer", "EmoshPreviewAnimate", "EmoshHybridMotionInjector", "EmoshSampler"}
@@ -34,79 +36,89 @@ CUSTOM = {EHM_MODEL, EHM_TRACK}
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_every_module_loads_without_comfyui():
-    assert set(NODE_CLASS_MAPPINGS) == EXPECTED, "a nodes/*.py module failed to import (see the log)"
-    assert set(NODE_DISPLAY_NAME_MAPPINGS) == EXPECTED
-    probe = "import sys, nodes; print(sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths')))"
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_every_module_loads_with_no_comfyui_module_but_comfy_api():
+    assert set(NODES) == EXPECTED, "a nodes/*.py module failed to import (see the log)"
+    assert len({cls.define_schema().display_name for cls in NODES.values()}) == len(EXPECTED)
+    assert set(pack_nodes().MODULES) >= {"body", "track", "render", "preview", "generate"}
+    probe = ("import sys, helpers; helpers.load_pack(); print(sorted(m for m in sys.modules if "
+             "m.split('.')[0] in ('comfy', 'comfy_execution', 'folder_paths', 'nodes')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "tests" / "standin"),
+                                                          str(REPO)])}
+    env.pop("COMFYUI_PATH", None)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "[]", f"nodes must import ComfyUI lazily: {done}"
-    assert len(set(NODE_DISPLAY_NAME_MAPPINGS.values())) == len(EXPECTED)
-    assert set(nodes.MODULES) >= {"body", "track", "render", "preview", "generate"}
 
 
-def _inputs(cls) -> dict[str, tuple[str, tuple]]:
-    spec = cls.INPUT_TYPES()
-    assert set(spec) <= {"required", "optional", "hidden"} and "required" in spec
-    return {name: (section, value) for section in ("required", "optional")
-            for name, value in spec.get(section, {}).items()}
+def test_entrypoint_registers_the_model_folder_and_lists_every_node(tmp_path, monkeypatch):
+    registered = {}
+    folder_paths = types.SimpleNamespace(models_dir=str(tmp_path), folder_names_and_paths=registered,
+                                         supported_pt_extensions={".safetensors"})
+    monkeypatch.setitem(sys.modules, "folder_paths", folder_paths)
+    extension = asyncio.run(load_pack().comfy_entrypoint())
+    listed = asyncio.run(extension.get_node_list())
+    assert sorted(listed, key=id) == sorted(NODES.values(), key=id)
+    assert registered == {"emosh": ([str(tmp_path / "emosh")], {".safetensors"})}
+
+
+def _inputs(cls) -> dict:
+    return {item.id: item for item in cls.define_schema().inputs or []}
 
 
 @pytest.mark.parametrize("node_id", sorted(EXPECTED))
 def test_schema(node_id):
-    cls = NODE_CLASS_MAPPINGS[node_id]
-    assert cls.CATEGORY.startswith("EMOSH/") and len(cls.DESCRIPTION) > 40
-    assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
-    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
-    if not cls.RETURN_TYPES:
-        assert getattr(cls, "OUTPUT_NODE", False), "a node without outputs must be an output node"
-    function = getattr(cls, cls.FUNCTION)
-    params = inspect.signature(function).parameters
+    cls = NODES[node_id]
+    schema = cls.define_schema()
+    assert schema.category.startswith("EMOSH/") and len(schema.description) > 40 and schema.display_name
+    outputs = schema.outputs or []
+    assert all(o.display_name and isinstance(o.tooltip, str) and len(o.tooltip) > 10 for o in outputs)
+    if not outputs:
+        assert schema.is_output_node, "a node without outputs must be an output node"
+    params = inspect.signature(cls.execute).parameters
+    accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     inputs = _inputs(cls)
-    for name, (section, value) in inputs.items():
-        kind = value[0]
-        options = value[1] if len(value) > 1 else {}
-        assert isinstance(options.get("tooltip"), str) and len(options["tooltip"]) > 10, f"{name}: tooltip"
-        accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        assert name in params or accepts_var_kw, f"{cls.FUNCTION}() does not take input {name!r}"
-        if section == "optional" and name in params:
+    assert len(inputs) == len(schema.inputs), "input names must be unique"
+    for name, item in inputs.items():
+        kind = item.io_type
+        assert isinstance(item.tooltip, str) and len(item.tooltip) > 10, f"{name}: tooltip"
+        assert name in params or accepts_var_kw, f"execute() does not take input {name!r}"
+        if item.optional and name in params:
             assert params[name].default is None, f"optional input {name} needs a None default"
-        if isinstance(kind, list):
-            assert kind and all(isinstance(o, str) for o in kind), f"{name}: combo options"
-            if "default" in options:
-                assert options["default"] in kind, f"{name}: default not among the options"
-            continue
         assert isinstance(kind, str) and kind == kind.upper()
-        if kind in ("INT", "FLOAT"):
-            lo, hi, default = options["min"], options["max"], options["default"]
-            assert lo <= default <= hi, f"{name}: default {default} outside [{lo}, {hi}]"
-            assert isinstance(default, int if kind == "INT" else (int, float))
-            assert options.get("step", 1) > 0
+        if kind == "COMBO":
+            assert item.options and all(isinstance(o, str) for o in item.options), f"{name}: combo options"
+            if item.default is not None:
+                assert item.default in item.options, f"{name}: default not among the options"
+        elif kind in ("INT", "FLOAT"):
+            assert item.min <= item.default <= item.max, f"{name}: default {item.default} outside the range"
+            assert isinstance(item.default, int if kind == "INT" else (int, float))
+            assert (item.step or 1) > 0
         elif kind in ("STRING", "BOOLEAN"):
-            assert "default" in options, f"{name}: widget without a default"
-    required_params = [n for n, p in params.items() if n != "self" and p.default is p.empty
+            assert item.default is not None, f"{name}: widget without a default"
+    required_params = [n for n, p in params.items() if p.default is p.empty
                        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     missing = [n for n in required_params if n not in inputs]
-    assert not missing, f"{cls.FUNCTION}() requires {missing}, which are not inputs"
+    assert not missing, f"execute() requires {missing}, which are not inputs"
 
 
 def test_custom_sockets_connect_only_to_their_own_type():
     produced, consumed = set(), set()
-    for cls in NODE_CLASS_MAPPINGS.values():
-        produced |= set(cls.RETURN_TYPES)
-        for _, (_, value) in _inputs(cls).items():
-            if isinstance(value[0], str):
-                consumed.add(value[0])
-                assert value[0] != "*", "no wildcard inputs: they would accept EHM types anywhere"
-                assert "," not in value[0] or not (set(value[0].split(",")) & CUSTOM)
+    for cls in NODES.values():
+        produced |= {o.io_type for o in cls.define_schema().outputs or []}
+        for item in _inputs(cls).values():
+            consumed.add(item.io_type)
+            assert item.io_type != "*", "no wildcard inputs: they would accept EHM types anywhere"
+            assert "," not in item.io_type or not (set(item.io_type.split(",")) & CUSTOM)
     assert CUSTOM <= produced and CUSTOM <= consumed
     assert produced & CUSTOM == consumed & CUSTOM
 
 
 # ---------------------------------------------------------------------------------------------- real calls
 def _check_outputs(cls, result) -> tuple:
-    values = result["result"] if isinstance(result, dict) else result
-    assert isinstance(values, tuple) and len(values) == len(cls.RETURN_TYPES)
-    for kind, value in zip(cls.RETURN_TYPES, values):
+    values = result.args
+    kinds = [o.io_type for o in cls.define_schema().outputs or []]
+    assert isinstance(values, tuple) and len(values) == len(kinds)
+    for kind, value in zip(kinds, values):
         if kind == "IMAGE":
             assert value.dtype == torch.float32 and value.dim() == 4 and value.shape[-1] == 3
             assert value.device.type == "cpu" and 0.0 <= float(value.min()) and float(value.max()) <= 1.0
@@ -130,21 +142,21 @@ def comfy_dirs(tmp_path, monkeypatch):
 
 
 def test_body_edit_mix_render_nodes(anny):
-    M = NODE_CLASS_MAPPINGS
-    model = _check_outputs(M["EmoshBodyModelLoader"], M["EmoshBodyModelLoader"]().load("anny", "cpu"))[0]
+    M = NODES
+    model = _check_outputs(M["EmoshBodyModelLoader"], M["EmoshBodyModelLoader"].execute("anny", "cpu"))[0]
     assert model is anny, "the body model is cached, not rebuilt"
     track = synthetic_track(anny, frames=4, size=(96, 128))
     before = track.pose.clone()
-    edited = _check_outputs(M["EmoshTrackEdit"], M["EmoshTrackEdit"]().edit(
+    edited = _check_outputs(M["EmoshTrackEdit"], M["EmoshTrackEdit"].execute(
         anny, track, 0.5, 1.0, 1, -1, "0 1\n2 1.5 0.1 0", gender=0.0, age=0.2, muscle=0.0, weight=0.0,
         height=-0.1, proportions=0.0))[0]
     assert edited.num_frames == 3 and torch.equal(track.pose, before), "inputs must never be modified"
     assert edited.shape[1] == pytest.approx(0.7) and edited.shape[4] == pytest.approx(0.4)
     with pytest.raises(InputError):
-        M["EmoshTrackEdit"]().edit(anny, track, 1.0, 1.0, 0, -1, "zoom please", gender=0.0, age=0.0, muscle=0.0,
+        M["EmoshTrackEdit"].execute(anny, track, 1.0, 1.0, 0, -1, "zoom please", gender=0.0, age=0.0, muscle=0.0,
                                    weight=0.0, height=0.0, proportions=0.0)
     other = synthetic_track(anny, frames=8, fps=50.0, seed=4, size=(96, 128))
-    mixed = _check_outputs(M["EmoshTrackMix"], M["EmoshTrackMix"]().mix(
+    mixed = _check_outputs(M["EmoshTrackMix"], M["EmoshTrackMix"].execute(
         anny, track, 0.0, 0.02, True, True, False, True, 0.0, hands_track=other, face_track=other))[0]
     face_rows = edit.expression_groups(anny)["expression"]  # eyes were not taken: gaze stays the body track's
     assert mixed.num_frames == 4 and torch.allclose(mixed.expression[0, face_rows], other.expression[1, face_rows])
@@ -152,7 +164,7 @@ def test_body_edit_mix_render_nodes(anny):
     assert torch.equal(mixed.expression[:, eyes], track.expression[:, eyes])
 
     hybrid, keypoints, normal, depth, mask = _check_outputs(
-        M["EmoshMeshConditionRenderer"], M["EmoshMeshConditionRenderer"]().render(anny, track, 64, 48, "dwpose", 3))
+        M["EmoshMeshConditionRenderer"], M["EmoshMeshConditionRenderer"].execute(anny, track, 64, 48, "dwpose", 3))
     assert hybrid.shape == (4, 48, 64, 3) and mask.shape == (4, 48, 64)
     person = mask > 0.5
     assert 0.02 < float(person.float().mean()) < 0.9, "the person must be in the picture"
@@ -164,36 +176,41 @@ def test_body_edit_mix_render_nodes(anny):
 def test_face_crops_node(anny):
     track = synthetic_track(anny, frames=3, size=(120, 160))
     images = torch.rand(3, 60, 80, 3)
-    (crops,) = _check_outputs(NODE_CLASS_MAPPINGS["EmoshFaceCrops"],
-                              NODE_CLASS_MAPPINGS["EmoshFaceCrops"]().crop(anny, track, images, 64, 1.3, 1.0))
+    (crops,) = _check_outputs(NODES["EmoshFaceCrops"],
+                              NODES["EmoshFaceCrops"].execute(anny, track, images, 64, 1.3, 1.0))
     assert crops.shape == (3, 64, 64, 3)
 
 
 def test_save_load_export_stay_inside_comfy_folders(anny, comfy_dirs):
-    M = NODE_CLASS_MAPPINGS
+    M = NODES
     track = synthetic_track(anny, frames=3)
-    saved = M["EmoshTrackSave"]().save(track, "emosh/track")
-    assert saved["result"] == () and saved["ui"]["text"] == ["emosh/track_00001.safetensors"]
-    assert M["EmoshTrackSave"]().save(track, "emosh/track")["ui"]["text"] == ["emosh/track_00002.safetensors"]
+    saved = M["EmoshTrackSave"].execute(track, "emosh/track")
+    assert saved.args == () and saved.ui["text"] == ["emosh/track_00001.safetensors"]
+    assert M["EmoshTrackSave"].execute(track, "emosh/track").ui["text"] == ["emosh/track_00002.safetensors"]
     (comfy_dirs / "output" / "emosh" / "track_00001.safetensors").rename(comfy_dirs / "input" / "mine.safetensors")
-    assert M["EmoshTrackLoad"].INPUT_TYPES()["required"]["track_file"][0] == ["mine.safetensors"]
-    (loaded,) = _check_outputs(M["EmoshTrackLoad"], M["EmoshTrackLoad"]().load("mine.safetensors"))
+    assert _inputs(M["EmoshTrackLoad"])["track_file"].options == ["mine.safetensors"]
+    (loaded,) = _check_outputs(M["EmoshTrackLoad"], M["EmoshTrackLoad"].execute("mine.safetensors"))
     assert torch.equal(loaded.pose, track.pose) and loaded.fps == track.fps
+    fingerprint = M["EmoshTrackLoad"].fingerprint_inputs("mine.safetensors")
+    assert M["EmoshTrackLoad"].fingerprint_inputs("mine.safetensors") == fingerprint, "same file, same cache key"
+    stat = (comfy_dirs / "input" / "mine.safetensors").stat()
+    os.utime(comfy_dirs / "input" / "mine.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert M["EmoshTrackLoad"].fingerprint_inputs("mine.safetensors") != fingerprint, "a rewritten file reruns"
     for bad in ("../output/emosh/track_00002.safetensors", "/etc/passwd", "../../x.safetensors"):
         with pytest.raises(UnsafePathError):
-            M["EmoshTrackLoad"]().load(bad)
+            M["EmoshTrackLoad"].execute(bad)
     with pytest.raises(UnsafePathError):
-        M["EmoshTrackSave"]().save(track, "../escape")
+        M["EmoshTrackSave"].execute(track, "../escape")
     with pytest.raises(UnsafePathError):
-        M["EmoshExport"]().export(anny, track, "bvh", "metres", "/tmp/elsewhere")
+        M["EmoshExport"].execute(anny, track, "bvh", "metres", "/tmp/elsewhere")
 
-    out = M["EmoshExport"]().export(anny, track, "bvh+glb", "centimetres", "emosh/dance")
-    assert out["ui"]["text"] == ["emosh/dance_00001.bvh", "emosh/dance_00001.glb"]
+    out = M["EmoshExport"].execute(anny, track, "bvh+glb", "centimetres", "emosh/dance")
+    assert out.ui["text"] == ["emosh/dance_00001.bvh", "emosh/dance_00001.glb"]
     bvh = (comfy_dirs / "output" / "emosh" / "dance_00001.bvh").read_text()
     assert bvh.startswith("HIERARCHY") and "Frames: 3" in bvh
     assert (comfy_dirs / "output" / "emosh" / "dance_00001.glb").read_bytes()[:4] == b"glTF"
-    seq = M["EmoshExport"]().export(anny, track, "ply sequence", "metres", "emosh/dance")
-    assert seq["ui"]["text"] == ["emosh/dance_00002"]
+    seq = M["EmoshExport"].execute(anny, track, "ply sequence", "metres", "emosh/dance")
+    assert seq.ui["text"] == ["emosh/dance_00002"]
     assert len(list((comfy_dirs / "output" / "emosh" / "dance_00002").glob("*.ply"))) == 3
 
 
@@ -243,5 +260,5 @@ def test_long_nodes_report_progress_and_honour_cancel(anny, monkeypatch):
     monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
     track = synthetic_track(anny, frames=8, size=(48, 64))
     with pytest.raises(Interrupted):
-        NODE_CLASS_MAPPINGS["EmoshMeshConditionRenderer"]().render(anny, track, 0, 0, "wan_animate", 2)
+        NODES["EmoshMeshConditionRenderer"].execute(anny, track, 0, 0, "wan_animate", 2)
     assert calls["updates"] == [(2, 8), (4, 8)], "progress per batch until the cancel"

@@ -431,7 +431,7 @@ def test_renderer_cli_and_node_offer_the_same_modes_and_styles():
     import argparse
 
     from emosh.render import cli, renderer
-    from test_workflows import pack_nodes
+    from helpers import pack_nodes
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
@@ -440,7 +440,8 @@ def test_renderer_cli_and_node_offer_the_same_modes_and_styles():
     assert choices["mode"] == renderer.MODES and "scail" in renderer.MODES
     assert choices["keypoint_style"] == draw.KEYPOINT_STYLES == ("wan_animate", "dwpose", "unianimate")
     node = pack_nodes("render").MeshConditionRenderer
-    assert tuple(node.INPUT_TYPES()["required"]["keypoint_style"][0]) == draw.KEYPOINT_STYLES
+    styles = next(item.options for item in node.define_schema().inputs if item.id == "keypoint_style")
+    assert tuple(styles) == draw.KEYPOINT_STYLES
     with pytest.raises(ValueError, match="unknown keypoint style"):
         next(render_track(None, None, ("keypoints",), keypoint_style="scail"))  # the overlay is not a style
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import pack_nodes
+from helpers import node_classes, pack_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -30,19 +30,26 @@ FILE_COMBOS = {"image", "file", "unet_name", "clip_name", "vae_name", "ckpt_name
 MUTED = {2, 4}  # node modes: never / bypass
 
 
+WIDGET_ATTRIBUTES = {"default": "default", "min": "min", "max": "max", "step": "step", "multiline": "multiline",
+                     "control_after_generate": "control_after_generate", "force_input": "forceInput"}
+
+
 # ---------------------------------------------------------------------------------------------- schemas
 def _normalise_ours(cls) -> dict:
-    """Our V1 INPUT_TYPES in the core list's form: {"required": {name: {"type": ..., ...}}, "order": [...]}."""
-    spec = cls.INPUT_TYPES()
-    out: dict = {"required": {}, "optional": {}, "order": [], "output": list(cls.RETURN_TYPES),
-                 "output_name": list(cls.RETURN_NAMES)}
-    for section in ("required", "optional"):
-        for name, value in spec.get(section, {}).items():
-            kind, options = value[0], (value[1] if len(value) > 1 else {})
-            entry = {"type": "COMBO", "options": list(kind)} if isinstance(kind, list) else {"type": kind}
-            entry.update({k: v for k, v in options.items() if k not in ("tooltip",)})
-            out[section][name] = entry
-            out["order"].append((section, name))
+    """Our V3 schema in the core list's form: {"required": {name: {"type": ..., ...}}, "order": [...]}."""
+    schema = cls.define_schema()
+    outputs = schema.outputs or []
+    out: dict = {"required": {}, "optional": {}, "order": [], "output": [o.io_type for o in outputs],
+                 "output_name": [o.display_name for o in outputs]}
+    for item in schema.inputs or []:
+        section = "optional" if item.optional else "required"
+        entry = {"type": item.io_type}
+        if item.io_type == "COMBO":
+            entry["options"] = list(item.options)
+        entry.update({key: getattr(item, attribute) for attribute, key in WIDGET_ATTRIBUTES.items()
+                      if getattr(item, attribute, None) is not None})
+        out[section][item.id] = entry
+        out["order"].append((section, item.id))
     return out
 
 
@@ -78,7 +85,7 @@ def load_schemas(object_info: dict | None = None) -> dict[str, dict]:
         return {name: _normalise_live(info) for name, info in object_info.items()}
     core = json.loads(CORE_FILE.read_text())["nodes"]
     schemas = {name: _normalise_core(info) for name, info in core.items()}
-    schemas.update({name: _normalise_ours(cls) for name, cls in pack_nodes().NODE_CLASS_MAPPINGS.items()})
+    schemas.update({name: _normalise_ours(cls) for name, cls in node_classes().items()})
     return schemas
 
 
@@ -100,6 +107,22 @@ def widget_layout(node_type: str, schema: dict) -> list[str | None]:
         if (node_type, name) in UPLOAD_WIDGETS or entry.get("image_upload") or entry.get("video_upload"):
             names.append(None)  # the upload button's value
     return names
+
+
+def required_widget_count(schema: dict, layout: list[str | None]) -> int:
+    """How many saved widget values a node needs: up to its last required widget (with that widget's extras).
+
+    The values after it belong to optional widgets, which a newer ComfyUI may have added at the end (0.27's
+    CreateVideo ``bit_depth``): the frontend gives a widget with no saved value its default, so a workflow saved
+    without them loads on both versions.
+    """
+    sections = {name: section for section, name in schema["order"]}
+    count, owner = 0, None
+    for index, name in enumerate(layout):
+        owner = name if name is not None else owner  # None: an extra value of the widget before it
+        if sections.get(owner) == "required":
+            count = index + 1
+    return count
 
 
 # ---------------------------------------------------------------------------------------------- UI → API
@@ -196,7 +219,7 @@ def check_workflow(workflow: dict, schemas: dict[str, dict]) -> list[str]:
                 problems.append(f"{where}: required input {name!r} is not connected")
         layout = widget_layout(node["type"], schema)
         values = node.get("widgets_values") or []
-        if len(values) != len(layout):
+        if not required_widget_count(schema, layout) <= len(values) <= len(layout):
             problems.append(f"{where}: {len(values)} widget values for {len(layout)} widgets")
             continue
         for name, value in zip(layout, values):
@@ -267,10 +290,28 @@ def test_validator_catches_broken_workflows(schemas):
     broken["nodes"].append({"id": 99, "type": "NoSuchNode", "inputs": [], "outputs": []})
     link = next(link for link in broken["links"] if link[5] == "EHM_TRACK")
     link[5] = "IMAGE"
+    save = next(n for n in broken["nodes"] if n["type"] == "SaveVideo")
+    save["widgets_values"] = save["widgets_values"][:1]  # its required format/codec values are lost
     problems = "\n".join(check_workflow(broken, schemas))
+    assert f"node {save['id']} (SaveVideo): 1 widget values for" in problems
     assert "smoothing=99.0 outside" in problems
     assert "does not point back" in problems and "required input 'track' is not connected" in problems
     assert "unknown node type" in problems and "(link says IMAGE)" in problems
+
+
+def test_workflows_without_a_newer_optional_widget_still_validate(schemas):
+    """0.27's CreateVideo has an optional ``bit_depth`` widget after ``fps``; 0.3.64's does not."""
+    newer = json.loads(json.dumps(schemas))
+    newer["CreateVideo"]["optional"]["bit_depth"] = {"type": "INT", "default": 8, "min": 8, "max": 10}
+    newer["CreateVideo"]["order"].append(("optional", "bit_depth"))
+    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    assert check_workflow(workflow, newer) == []
+    create = next(n for n in workflow["nodes"] if n["type"] == "CreateVideo")
+    create["widgets_values"] = [30.0, 10]
+    assert check_workflow(workflow, newer) == [] and ui_to_api(workflow, newer)[str(create["id"])]["inputs"][
+        "bit_depth"] == 10
+    create["widgets_values"] = [30.0, 10, 1]
+    assert check_workflow(workflow, newer) == [f"node {create['id']} (CreateVideo): 3 widget values for 2 widgets"]
 
 
 def test_ui_to_api_matches_the_node_signatures(schemas):
@@ -329,7 +370,7 @@ class _CoreStandIns:
 def run_headless(prompt: dict, core: _CoreStandIns) -> dict[str, tuple]:
     """Execute an API prompt in dependency order, each node under ``torch.inference_mode()`` like ComfyUI does
     (its semantics without the cache or lazy inputs)."""
-    NODE_CLASS_MAPPINGS = pack_nodes().NODE_CLASS_MAPPINGS  # noqa: N806
+    classes = node_classes()
     results: dict[str, tuple] = {}
     pending = dict(prompt)
     while pending:
@@ -339,14 +380,14 @@ def run_headless(prompt: dict, core: _CoreStandIns) -> dict[str, tuple]:
         for key in ready:
             node = pending.pop(key)
             inputs = {name: results[v[0]][v[1]] if isinstance(v, list) else v for name, v in node["inputs"].items()}
-            cls = NODE_CLASS_MAPPINGS.get(node["class_type"])
+            cls = classes.get(node["class_type"])
             if cls is None:
                 results[key] = core.run(node["class_type"], inputs)
                 continue
             with torch.inference_mode():  # as ComfyUI's executor runs every node
-                out = getattr(cls(), cls.FUNCTION)(**inputs)
-            results[key] = out["result"] if isinstance(out, dict) else out
-            assert len(results[key]) == len(cls.RETURN_TYPES), node["class_type"]
+                out = cls.execute(**inputs)
+            results[key] = out.args
+            assert len(results[key]) == len(cls.define_schema().outputs or []), node["class_type"]
     return results
 
 

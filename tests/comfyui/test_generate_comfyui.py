@@ -105,7 +105,7 @@ def test_stock_samplers_with_injector(comfy):
     model, vae, positive, negative = _load(comfy)
     assert type(model.model).__name__ == "WAN21"
     control = _control_video()
-    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, ADAPTER)[0]
+    patched = gen.HybridMotionInjector.execute(model, vae, control, 1.0, 0.0, 1.0, ADAPTER)[0]
     assert patched is not model
     ksampler = nodes.KSampler()
     args = dict(seed=3, steps=3, cfg=3.0, sampler_name="euler", scheduler="simple", positive=positive,
@@ -127,11 +127,11 @@ def test_stock_samplers_with_injector(comfy):
     custom = SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, _empty_latent())[0]["samples"]
     assert torch.allclose(custom, injected, atol=1e-5), (custom - injected).abs().max()
 
-    zero = gen.HybridMotionInjector().patch(model, vae, control, 0.0, 0.0, 1.0, ADAPTER)[0]
+    zero = gen.HybridMotionInjector.execute(model, vae, control, 0.0, 0.0, 1.0, ADAPTER)[0]
     assert torch.equal(ksampler.sample(zero, **args)[0]["samples"], base), "strength 0 must leave the model as is"
-    never = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 0.5, ADAPTER)[0]
+    never = gen.HybridMotionInjector.execute(model, vae, control, 1.0, 0.5, 0.5, ADAPTER)[0]
     assert torch.equal(ksampler.sample(never, **args)[0]["samples"], base), "an empty step range must not inject"
-    late = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.5, 1.0, ADAPTER)[0]
+    late = gen.HybridMotionInjector.execute(model, vae, control, 1.0, 0.5, 1.0, ADAPTER)[0]
     late_out = ksampler.sample(late, **args)[0]["samples"]
     assert not torch.equal(late_out, base) and not torch.equal(late_out, injected), "start_percent is ignored"
 
@@ -139,12 +139,12 @@ def test_stock_samplers_with_injector(comfy):
 def test_injector_frame_count_mismatch(comfy):
     nodes, gen = comfy["nodes"], comfy["gen"]
     model, vae, positive, negative = _load(comfy)
-    patched = gen.HybridMotionInjector().patch(model, vae, _control_video()[:9], 1.0, 0.0, 1.0,
+    patched = gen.HybridMotionInjector.execute(model, vae, _control_video()[:9], 1.0, 0.0, 1.0,
                                                ADAPTER)[0]
     with pytest.raises(Exception, match="Frame count mismatch"):
         nodes.KSampler().sample(patched, 3, 2, 3.0, "euler", "simple", positive, negative, _empty_latent(), 1.0)
     with pytest.raises(Exception, match="not a Wan-Animate model"):
-        gen.HybridMotionInjector().patch(model, vae, _control_video(), 1.0, 0.0, 1.0,
+        gen.HybridMotionInjector.execute(model, vae, _control_video(), 1.0, 0.0, 1.0,
                                          gen.USE_ANIMATE_EMBEDDING)
 
 
@@ -153,41 +153,41 @@ def test_emosh_sampler_chunks(comfy):
     model, vae, positive, negative = _load(comfy)
     control = _control_video()
     reference = control[:1].flip(2)
-    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, ADAPTER)[0]
-    sampler = gen.EmoshSampler()
+    patched = gen.HybridMotionInjector.execute(model, vae, control, 1.0, 0.0, 1.0, ADAPTER)[0]
+    sampler = gen.EmoshSampler
     args = dict(seed=5, steps=3, cfg=3.0, sampler_name="euler", scheduler="simple", chunk_frames=9,
                 overlap_frames=4, temporal_latents=1, denoise=1.0)
     from emosh.generate.chunks import pixel_to_latent_chunking, plan_chunks
 
     chunks = plan_chunks((FRAMES - 1) // 4 + 1, *pixel_to_latent_chunking(9, 4))
     assert len(chunks) >= 3
-    latent, images = sampler.sample(patched, positive, negative, vae, reference, control, **args)
+    latent, images = sampler.execute(patched, positive, negative, vae, reference, control, **args)
     assert latent["samples"].shape == (1, 16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
     assert images.shape == (FRAMES, HEIGHT, WIDTH, 3)
     assert torch.isfinite(latent["samples"]).all()
-    again, _ = sampler.sample(patched, positive, negative, vae, reference, control, **args)
+    again, _ = sampler.execute(patched, positive, negative, vae, reference, control, **args)
     assert torch.equal(again["samples"], latent["samples"]), "EMOSH Sampler is not deterministic for a seed"
 
     from comfy_extras.nodes_custom_sampler import BasicScheduler, KSamplerSelect
 
     custom_sampler = KSamplerSelect().get_sampler("euler")[0]
     sigmas = BasicScheduler().get_sigmas(patched, "simple", 3, 1.0)[0]
-    custom, _ = sampler.sample(patched, positive, negative, vae, reference, control, sampler=custom_sampler,
+    custom, _ = sampler.execute(patched, positive, negative, vae, reference, control, sampler=custom_sampler,
                                sigmas=sigmas, **args)
     assert torch.allclose(custom["samples"], latent["samples"], atol=1e-5)
 
     with pytest.raises(Exception, match="Frame count mismatch"):
-        sampler.sample(patched, positive, negative, vae, reference, control[:17], **args)
+        sampler.execute(patched, positive, negative, vae, reference, control[:17], **args)
     import comfy.model_management
 
     comfy.model_management.interrupt_current_processing(True)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            sampler.sample(patched, positive, negative, vae, reference, control, **args)
+            sampler.execute(patched, positive, negative, vae, reference, control, **args)
     finally:
         comfy.model_management.interrupt_current_processing(False)
     with pytest.raises(Exception, match="Wrong size"):
-        sampler.sample(patched, positive, negative, vae, reference[:, :16], control, **args)
+        sampler.execute(patched, positive, negative, vae, reference[:, :16], control, **args)
 
 
 def test_diffusers_host_loads_native_single_file(comfy):
@@ -232,13 +232,13 @@ def test_wan_animate_model_uses_its_pose_patch_embedding(comfy):
     model = nodes.UNETLoader().load_unet("tiny_wan_animate.safetensors", "default")[0]
     assert type(model.model).__name__ == "WAN22_Animate"
     control = _control_video()
-    patched = gen.HybridMotionInjector().patch(model, vae, control, 1.0, 0.0, 1.0, gen.USE_ANIMATE_EMBEDDING)[0]
+    patched = gen.HybridMotionInjector.execute(model, vae, control, 1.0, 0.0, 1.0, gen.USE_ANIMATE_EMBEDDING)[0]
     args = dict(seed=3, steps=2, cfg=3.0, sampler_name="euler", scheduler="simple", positive=positive,
                 negative=negative, latent_image=_empty_latent(), denoise=1.0)
     base = nodes.KSampler().sample(model, **args)[0]["samples"]
     injected = nodes.KSampler().sample(patched, **args)[0]["samples"]
     assert torch.isfinite(injected).all() and (injected - base).abs().max() > 1e-3
-    latent, images = gen.EmoshSampler().sample(patched, positive, negative, vae, control[:1], control, seed=1, steps=2,
-                                               cfg=3.0, sampler_name="euler", scheduler="simple", chunk_frames=13,
-                                               overlap_frames=4, temporal_latents=1, denoise=1.0)
+    latent, images = gen.EmoshSampler.execute(patched, positive, negative, vae, control[:1], control, seed=1, steps=2,
+                                              cfg=3.0, sampler_name="euler", scheduler="simple", chunk_frames=13,
+                                              overlap_frames=4, temporal_latents=1, denoise=1.0)
     assert torch.isfinite(latent["samples"]).all() and images.shape == (FRAMES, HEIGHT, WIDTH, 3)

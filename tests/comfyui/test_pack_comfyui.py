@@ -9,7 +9,9 @@ video. The server is run exactly as a user would start it, so everything ComfyUI
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 import socket
@@ -30,17 +32,17 @@ START_TIMEOUT = 240
 RUN_TIMEOUT = 900
 
 
-def _load_test_workflows():
-    """tests/test_workflows.py (the UI-format helpers), loaded by path (its own import of tests/helpers.py works
-    because pytest puts tests/ on sys.path for tests/conftest.py)."""
-    spec = importlib.util.spec_from_file_location("emosh_test_workflows", REPO / "tests" / "test_workflows.py")
+def _load_by_path(name: str, path: Path):
+    """A module loaded from its file under ``name`` (its own ``import helpers`` works because pytest puts tests/ on
+    sys.path for tests/conftest.py)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-tw = _load_test_workflows()
+tw = _load_by_path("emosh_test_workflows", REPO / "tests" / "test_workflows.py")  # the UI-format helpers
 
 
 def _free_port() -> int:
@@ -129,32 +131,63 @@ def test_pack_loads_without_import_errors(server):
 
 def test_object_info_serves_every_node_with_its_types(server):
     info = _get(f"{server['url']}/object_info", timeout=120)
-    ours = tw.pack_nodes()
-    assert set(ours.NODE_CLASS_MAPPINGS) <= set(info), sorted(set(ours.NODE_CLASS_MAPPINGS) - set(info))
-    for name, cls in ours.NODE_CLASS_MAPPINGS.items():
-        served = info[name]
-        assert served["output"] == list(cls.RETURN_TYPES), name
-        assert served["output_name"] == list(cls.RETURN_NAMES), name
-        assert served["display_name"] == ours.NODE_DISPLAY_NAME_MAPPINGS[name]
-        assert served["category"] == cls.CATEGORY and served["description"] == cls.DESCRIPTION
-        assert served["output_node"] == bool(getattr(cls, "OUTPUT_NODE", False))
-        declared = cls.INPUT_TYPES()
+    ours = tw.node_classes()
+    assert set(ours) <= set(info), sorted(set(ours) - set(info))
+    for name, cls in ours.items():
+        schema, served = cls.define_schema(), info[name]
+        outputs = schema.outputs or []
+        assert served["output"] == [o.io_type for o in outputs], name
+        assert served["output_name"] == [o.display_name for o in outputs], name
+        assert served["output_tooltips"] == [o.tooltip for o in outputs], name
+        assert served["display_name"] == schema.display_name
+        assert served["category"] == schema.category and served["description"] == schema.description
+        assert served["output_node"] == schema.is_output_node
         for section in ("required", "optional"):
-            for input_name, value in declared.get(section, {}).items():
-                got = served["input"][section][input_name]
-                if isinstance(value[0], list):
-                    assert isinstance(got[0], list), f"{name}.{input_name} is not a combo"
+            declared = [item for item in schema.inputs if item.optional == (section == "optional")]
+            assert served["input_order"].get(section, []) == [item.id for item in declared], f"{name} {section}"
+            for item in declared:
+                got = served["input"][section][item.id]
+                if item.io_type == "COMBO":  # V3 serves "COMBO" with the options inside, V1 the list itself
+                    assert got[0] == "COMBO" or isinstance(got[0], list), f"{name}.{item.id} is not a combo"
                 else:
-                    assert got[0] == value[0], f"{name}.{input_name}: {got[0]} != {value[0]}"
-                assert got[1].get("tooltip") == value[1]["tooltip"]
+                    assert got[0] == item.io_type, f"{name}.{item.id}: {got[0]} != {item.io_type}"
+                assert got[1].get("tooltip") == item.tooltip
     # the model folder is registered (users put EMOSH files in models/emosh/)
     assert _get(f"{server['url']}/models/emosh") == []
-    assert info["EmoshTrackLoad"]["input"]["required"]["track_file"][0] == [""]  # no tracks in input/ yet
+    track_file = tw.load_schemas({"EmoshTrackLoad": info["EmoshTrackLoad"]})["EmoshTrackLoad"]["required"]["track_file"]
+    assert track_file["options"] == [""]  # no tracks in input/ yet (V3 serves the options inside, V1 as the type)
     # the workflows are offered as the pack's templates (Workflow → Browse Templates), and served for loading
     templates = _get(f"{server['url']}/workflow_templates")
     assert sorted(templates.get(PACK_LINK, [])) == sorted(p.stem for p in tw.WORKFLOWS)
     served = _get(f"{server['url']}/api/workflow_templates/{PACK_LINK}/emosh_preview_cpu.json")
     assert served == json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+
+
+def test_the_comfy_api_stand_in_matches_the_real_one():
+    """tests/standin/ (used without ComfyUI) offers only names and keywords that this ComfyUI's V3 API has."""
+    from comfy_api import latest as real
+
+    standin = _load_by_path("emosh_comfy_api_standin_io", tw.REPO / "tests" / "standin" / "comfy_api" / "latest" /
+                            "io.py")
+    public = [n for n, v in vars(standin).items() if not n.startswith("_")
+              and getattr(v, "__module__", None) == standin.__name__]
+    assert len(public) > 15 and hasattr(real, "ComfyExtension")
+    for name in public:
+        ours, theirs = getattr(standin, name), getattr(real.io, name)
+        if hasattr(ours, "Input"):  # a socket type
+            assert ours.io_type == theirs.io_type, name
+            checks = [(ours.Input.__init__, theirs.Input.__init__), (ours.Output.__init__, theirs.Output.__init__)]
+        elif not isinstance(ours, type):  # io.Custom
+            checks = [(ours, theirs)]
+        else:
+            checks = [(ours.__init__, theirs.__init__)] if "__init__" in vars(ours) else []
+        for mine, real_one in checks:
+            missing = set(inspect.signature(mine).parameters) - set(inspect.signature(real_one).parameters)
+            assert not missing, f"{name}: {sorted(missing)} are not keywords of ComfyUI's {name}"
+    assert {f.name for f in dataclasses.fields(standin.Schema)} <= {f.name for f in dataclasses.fields(real.io.Schema)}
+    assert {m.value for m in standin.NumberDisplay} <= {m.value for m in real.io.NumberDisplay}
+    for method in ("define_schema", "execute", "fingerprint_inputs"):
+        assert hasattr(real.io.ComfyNode, method)
 
 
 VALIDATE_SCRIPT = r"""
@@ -243,7 +276,8 @@ def test_interrupt_stops_a_long_tracking_run(server):
     info = _get(f"{server['url']}/object_info", timeout=120)
     workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
     prompt = tw.ui_to_api(workflow, tw.load_schemas(info),
-                          {"Frames to use": {"length": 4096}, "EmoshSpatialAlign": {"width": 128, "height": 128}})
+                          {"Frames to use": {"length": 4096}, "EmoshSpatialAlign": {"width": 128, "height": 128},
+                           "EHM Tracker (driving)": {"iterations": 2000}})  # minutes of tracking even on idle cores
     status, answer = _post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
     assert status == 200 and answer.get("node_errors") == {}, answer
     prompt_id = answer["prompt_id"]
