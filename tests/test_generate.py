@@ -74,6 +74,45 @@ def test_adapter_changes_only_noisy_tokens():
     assert (changed > 1e-4).all(), "every noisy frame must receive motion"
 
 
+def test_frame_mask_gives_clean_frames_timestep_zero_in_the_diffusers_host():
+    """With conditioning frames, WanTransformer3DModel gets per-token timesteps: 0 on the clean frames' tokens,
+    the sampler's t on the noisy ones, and its prediction differs from the one-timestep call."""
+    pipe = tiny_pipeline()
+    cond = ChunkConditioning(torch.randn(1, 16, 2, 8, 8), 1, 0, 1)
+    noisy, text, t = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 4, TEXT_DIM), torch.tensor([700.0])
+    seen = []
+    handle = pipe.transformer.condition_embedder.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        masked = run_model_on_chunk(lambda x, mask: pipe.predict(x, t, text, frame_mask=mask), noisy, 16,
+                                    pipe.transformer.patch_embedding, cond)
+        unmasked = run_model_on_chunk(lambda x, _mask: pipe.predict(x, t, text), noisy, 16,
+                                      pipe.transformer.patch_embedding, cond)
+    handle.remove()
+    per_token = seen[0].view(1, 5, 16)  # 5 frames of 4x4 tokens
+    assert torch.equal(per_token[:, :2], torch.zeros(1, 2, 16)) and torch.equal(per_token[:, 2:], torch.full((1, 3, 16), 700.0))
+    assert seen[1].shape == (1,)
+    assert (masked - unmasked).abs().max() > 1e-4
+
+
+def test_frame_mask_reaches_comfyui_wan_as_per_frame_timesteps():
+    """The ComfyUI wrapper turns the sampler's [B] timestep into [B, T] with 0 on the conditioning frames."""
+    import types
+
+    module = _load_node_module()
+    seen = []
+
+    def executor(x, timestep, *_args, **_kwargs):
+        seen.append(timestep)
+        return torch.zeros_like(x)
+
+    executor.class_obj = types.SimpleNamespace(patch_embedding=torch.nn.Conv3d(16, 32, (1, 2, 2), (1, 2, 2)))
+    window = module.ChunkWindow(0, ChunkConditioning(torch.randn(1, 16, 2, 4, 4), 1, 1, 0))
+    out = module._emosh_diffusion_wrapper(executor, torch.randn(2, 16, 3, 4, 4), torch.tensor([900.0, 900.0]),
+                                          None, transformer_options={module.CHUNK_KEY: window})
+    assert out.shape == (2, 16, 3, 4, 4)
+    assert torch.equal(seen[0], torch.tensor([[0.0, 0.0, 900.0, 900.0, 900.0]] * 2))
+
+
 def test_schedule_and_step_progress():
     schedule = InjectionSchedule(0.5, 0.2, 0.6)
     assert [schedule.factor(i / 10) for i in range(10)] == [0.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]
