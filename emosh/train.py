@@ -1,64 +1,42 @@
 """``python -m emosh.train``: fine-tune the EMOSH motion adapter (and optionally LoRA on the DiT attention).
 
 Training pairs are a real video and its hybrid control video rendered from the tracked, *non-retargeted* track
-(see docs/generation.md, "Training data"). The objective is Wan's flow matching: the DiT, given the reference latent
-(a random frame of the same clip) and optionally temporal latents (the clip's first latent frames) before the noisy
-latents, predicts ``noise - x0`` on the noisy frames while the adapter adds the control's motion tokens.
+(see docs/generation.md, "Training data"). Each step trains one chunk of a clip exactly as the sampler runs it: the
+clip is planned into chunks by :func:`~emosh.generate.chunks.plan_chunks`, a random chunk is picked, and its clean
+conditioning is assembled by :class:`~emosh.generate.chunks.ChunkAssembler` from the clip's own latents (reference
+= a frame from outside the clip window; for later chunks also the spatially-aligned latent and the temporal
+latents). The objective is Wan's flow matching on that chunk's noisy frames.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import save_file
 
 from .errors import InputError
 from .safeio import read_safetensors
 from .generate.adapter import MotionAdapter
-from .generate.chunks import ChunkConditioning, run_model_on_chunk
+from .generate.chunks import (Chunk, ChunkAssembler, ChunkConditioning, pixel_to_latent_chunking, plan_chunks,
+                              run_model_on_chunk)
+from .generate.lora import LORA_FILENAME, LoRALinear, add_lora, kohya_key, save_lora
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-class LoRALinear(torch.nn.Module):
-    """A frozen Linear plus a trainable low-rank update ``B @ A`` (B zero-initialised: starts as the base)."""
-
-    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_a = torch.nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
-        self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * (x @ self.lora_a.t().to(x.dtype)) @ self.lora_b.t().to(x.dtype)
-
-
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float) -> dict[str, LoRALinear]:
-    """Wrap every attention projection of the DiT in a :class:`LoRALinear`; returns them by module name."""
-    found = [(name, module) for name, module in transformer.named_modules()
-             if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS)]
-    layers = {}
-    for name, module in found:
-        parent_name, _, child = name.rpartition(".")
-        lora = LoRALinear(module, rank, alpha).to(module.weight.device)
-        setattr(transformer.get_submodule(parent_name), child, lora)
-        layers[name] = lora
-    return layers
+TRAINER_STATE = "trainer_state.pt"
 
 
 @dataclass
 class Sample:
-    """One training clip: real frames and control frames ``[N, H, W, 3]`` in 0..1."""
+    """One training clip: real frames and control frames ``[N, H, W, 3]`` in 0..1, and the reference image
+    ``[1, H, W, 3]``: a frame of the same person from outside ``video`` (so the model cannot learn to copy it)."""
 
     video: torch.Tensor
     control: torch.Tensor
+    reference: torch.Tensor
 
 
 def find_pairs(data_dir: Path) -> list[tuple[Path, Path]]:
@@ -76,137 +54,218 @@ def find_pairs(data_dir: Path) -> list[tuple[Path, Path]]:
 def _frame_count(path: Path) -> int:
     from .video import probe_video, read_frames
 
-    count = probe_video(path).frames  # 0 when the container does not say
-    return count if count > 0 else len(read_frames(path))
+    frames = probe_video(path).frames  # 0 when the container does not say
+    return frames if frames > 0 else len(read_frames(path))
 
 
 def load_clip(video: Path, control: Path, frames: int, size: tuple[int, int], rng: random.Random) -> Sample:
-    """A random ``frames``-frame window of a pair (only that window is decoded), resized to ``size`` (h, w)."""
+    """A random ``frames``-frame window of a pair and a reference frame from outside it, resized to ``size`` (h, w).
+
+    Only the window and the reference frame are decoded.
+    """
     import torch.nn.functional as F
 
     from .video import read_frames
 
-    count, control_count = _frame_count(video), _frame_count(control)
-    if count != control_count:
-        raise InputError(f"Frame count mismatch: {video.name} has {count} frames, {control.name} {control_count}.")
-    if count < frames:
-        raise InputError(f"{video.name} has {count} frames; training clips need {frames}.")
-    start = rng.randrange(count - frames + 1)
+    total, control_total = _frame_count(video), _frame_count(control)
+    if total != control_total:
+        raise InputError(f"Frame count mismatch: {video.name} has {total} frames, {control.name} {control_total}.")
+    if total <= frames:
+        raise InputError(f"{video.name} has {total} frames; training clips need {frames} plus at least one more "
+                         f"frame outside them for the reference image.")
+    start = rng.randrange(total - frames + 1)
+    outside = [i for i in range(total) if not start <= i < start + frames]
+    ref_index = rng.choice(outside)
 
-    def window(path: Path) -> torch.Tensor:
-        x = torch.from_numpy(read_frames(path, start=start, max_frames=frames)).float().div(255.0)
+    def window(path: Path, first: int, length: int) -> torch.Tensor:
+        x = torch.from_numpy(read_frames(path, start=first, max_frames=length)).float().div(255.0)
         x = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
         return x.permute(0, 2, 3, 1)
 
-    return Sample(window(video), window(control))
+    return Sample(window(video, start, frames), window(control, start, frames), window(video, ref_index, 1))
 
 
-def flow_matching_loss(pipeline, video_latents: torch.Tensor, reference_latent: torch.Tensor,
-                       motion_latents: torch.Tensor, text: torch.Tensor, temporal_frames: int,
+@dataclass
+class ChunkExample:
+    """One chunk of a clip as the sampler sees it: the clean conditioning before it, its clean latents ``x0``
+    ``[1, C, n, h, w]`` and its motion latents (same shape)."""
+
+    chunk: Chunk
+    conditioning: ChunkConditioning
+    target: torch.Tensor
+    motion: torch.Tensor
+
+
+def chunk_example(video_latents: torch.Tensor, motion_latents: torch.Tensor, reference_latent: torch.Tensor,
+                  chunks: list[Chunk], index: int, temporal_frames: int, use_spatial_latent: bool = True
+                  ) -> ChunkExample:
+    """Chunk ``index`` of a clip with its conditioning assembled as :func:`~emosh.generate.chunks.denoise_in_chunks`
+    does when every earlier chunk came out as the clip itself: the earlier chunks' latents are blended into a
+    :class:`ChunkAssembler`, which then fills the spatially-aligned slot and the temporal latents.
+
+    ``video_latents`` / ``motion_latents`` ``[1, C, T, h, w]``; ``reference_latent`` ``[1, C, 1, h, w]``.
+    """
+    assembler = ChunkAssembler(chunks, reference_latent, temporal_frames, use_spatial_latent)
+    for earlier in chunks[:index]:
+        assembler.add(earlier, video_latents[:, :, earlier.start:earlier.stop])
+    chunk = chunks[index]
+    return ChunkExample(chunk, assembler.conditioning(chunk), video_latents[:, :, chunk.start:chunk.stop],
+                        motion_latents[:, :, chunk.start:chunk.stop])
+
+
+class ChunkDenoiser(torch.nn.Module):
+    """What is trained, as one module: the DiT (frozen, with its LoRA layers) and the motion adapter.
+
+    ``accelerator.prepare`` wraps *this* module, and every prediction goes through its forward, so under a
+    multi-process launch DDP sees the forward and all-reduces the adapter's and the LoRA's gradients.
+    """
+
+    def __init__(self, pipeline) -> None:
+        super().__init__()
+        self.transformer = pipeline.transformer
+        self.adapter = pipeline.adapter
+        self.pipeline = pipeline  # a plain object: not registered, its modules are the two above
+
+    def forward(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor, conditioning: ChunkConditioning,
+                motion: torch.Tensor) -> torch.Tensor:
+        """Flow-matching velocity for ``noisy`` ``[B, C, n, h, w]`` at ``t`` ``[B]`` in 0..1 (same shape out)."""
+        pipe = self.pipeline
+        return run_model_on_chunk(lambda inp, mask: pipe.predict(inp, t * 1000.0, text, frame_mask=mask),
+                                  pipe.model_input(noisy), pipe.latent_channels, self.transformer.patch_embedding,
+                                  conditioning, self.adapter, motion, 1.0)
+
+
+def flow_matching_loss(denoiser: torch.nn.Module, example: ChunkExample, text: torch.Tensor,
                        generator: torch.Generator) -> torch.Tensor:
-    """Wan flow-matching loss on the noisy frames, with the EMOSH conditioning sequence and motion tokens."""
-    parts = [reference_latent]
-    if temporal_frames:
-        parts.append(video_latents[:, :, :temporal_frames])
-    cond = ChunkConditioning(torch.cat(parts, dim=2), 1, 0, temporal_frames)
-    x0 = video_latents[:, :, temporal_frames:]
-    motion = motion_latents[:, :, temporal_frames:]
+    """Wan flow matching on one chunk: ``x_t = (1 - t) x0 + t noise``, the model predicts ``noise - x0``."""
+    x0 = example.target
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = torch.rand(x0.shape[0], generator=generator).to(x0)
     xt = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * noise
-    pred = run_model_on_chunk(lambda inp: pipeline.predict(inp, t * 1000.0, text), pipeline.model_input(xt),
-                              pipeline.latent_channels, pipeline.transformer.patch_embedding, cond, pipeline.adapter,
-                              motion, 1.0)
+    pred = denoiser(xt, t, text, example.conditioning, example.motion)
     return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
 
 
+def step_generator(seed: int, process: int, step: int) -> torch.Generator:
+    """The random stream of one step of one process: a function of (seed, process, step), so a resumed run draws
+    exactly what the uninterrupted run would have, and processes draw different noise."""
+    return torch.Generator("cpu").manual_seed(hash((seed, process, step)) & 0x7FFFFFFFFFFFFFFF)
+
+
+def save_trained(folder: Path, adapter: MotionAdapter, lora: dict[str, LoRALinear]) -> None:
+    """``folder`` = ``MotionAdapter.save_pretrained`` + ``emosh_lora.safetensors``: one folder the Hybrid Motion
+    Injector loads as a whole (it applies the LoRA found beside the adapter weights)."""
+    adapter.save_pretrained(folder)
+    if lora:
+        save_lora(lora, folder / LORA_FILENAME)
+
+
+def checkpoint_step(folder: str | Path) -> int:
+    """The step a checkpoint folder was written after."""
+    return int(torch.load(Path(folder) / TRAINER_STATE, weights_only=True)["step"])
+
+
+def _save_checkpoint(folder: Path, step: int, adapter: MotionAdapter, lora: dict[str, LoRALinear],
+                     optimizer: torch.optim.Optimizer) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_trained(folder, adapter, lora)
+    torch.save({"step": step, "optimizer": optimizer.state_dict()}, folder / TRAINER_STATE)
+
+
+def _load_checkpoint(folder: Path, adapter: MotionAdapter, lora: dict[str, LoRALinear],
+                     optimizer: torch.optim.Optimizer) -> int:
+    """Weights and optimizer state of a checkpoint into the live modules; returns its step."""
+    trained = MotionAdapter.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    adapter.load_state_dict(trained.state_dict())
+    if lora:
+        tensors, _ = read_safetensors(folder / LORA_FILENAME)
+        with torch.no_grad():
+            for name, layer in lora.items():
+                layer.lora_a.copy_(tensors[f"{kohya_key(name)}.lora_down.weight"])
+                layer.lora_b.copy_(tensors[f"{kohya_key(name)}.lora_up.weight"])
+    state = torch.load(folder / TRAINER_STATE, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
 def train(pipeline, samples: Iterator[Sample], steps: int, lr: float = 1e-4, lora_rank: int = 0,
-          lora_alpha: float = 1.0, temporal_frames: int = 1, text: torch.Tensor | None = None, seed: int = 0,
-          mixed_precision: str = "no", log_every: int = 1) -> tuple[list[float], dict[str, LoRALinear]]:
+          lora_alpha: float = 1.0, temporal_frames: int = 1, chunk_frames: int = 33, overlap_frames: int = 8,
+          text: torch.Tensor | None = None, seed: int = 0, mixed_precision: str = "no",
+          gradient_checkpointing: bool = False, checkpoint_dir: Path | None = None, checkpoint_every: int = 0,
+          resume_from: Path | None = None, cpu: bool | None = None,
+          log_every: int = 1) -> tuple[list[float], dict[str, LoRALinear]]:
     """Optimise the adapter (and LoRA) of an :class:`~emosh.generate.pipeline.EmoshPipeline` in place.
 
-    Returns the per-step losses and the LoRA layers now inside the DiT (empty without ``lora_rank``).
+    ``steps`` counts from the start of the run (a resumed run does ``steps - checkpoint step`` more);
+    ``chunk_frames`` / ``overlap_frames`` are pixel frames, as in the sampler. ``mixed_precision="bf16"`` also
+    stores the frozen DiT in bf16 (trained weights stay fp32). Every ``checkpoint_every`` steps the main process
+    writes ``checkpoint_dir/step-NNNNNN/`` (adapter folder + LoRA + optimizer state). Returns this run's per-step
+    losses and the LoRA layers now inside the DiT (empty without ``lora_rank``).
     """
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=pipeline.device.type == "cpu")
+    cpu = pipeline.device.type == "cpu" if cpu is None else cpu
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
     transformer, vae, adapter = pipeline.transformer, pipeline.vae, pipeline.adapter
     transformer.requires_grad_(False)
     vae.requires_grad_(False)
-    params = list(adapter.parameters())
+    if mixed_precision == "bf16":
+        transformer.to(torch.bfloat16)
+    adapter.float()
     lora = add_lora(transformer, lora_rank, lora_alpha) if lora_rank > 0 else {}
-    for layer in lora.values():
-        params += [layer.lora_a, layer.lora_b]
+    params = list(adapter.parameters()) + [p for layer in lora.values() for p in (layer.lora_a, layer.lora_b)]
     for p in params:
         p.requires_grad_(True)
+    if gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    for module in (transformer, vae, adapter):
+        module.to(accelerator.device)
     optimizer = torch.optim.AdamW(params, lr=lr)
-    adapter, optimizer = accelerator.prepare(adapter, optimizer)
-    pipeline.adapter = accelerator.unwrap_model(adapter)  # the hook calls the adapter module itself
-    generator = torch.Generator("cpu").manual_seed(seed)
+    first_step = _load_checkpoint(Path(resume_from), adapter, lora, optimizer) if resume_from else 0
+    denoiser, optimizer = accelerator.prepare(ChunkDenoiser(pipeline), optimizer)
     if text is None:
         text = torch.zeros(1, 8, transformer.config.text_dim)
-    text = text.to(pipeline.device, transformer.dtype)
+    text = text.to(accelerator.device, torch.float32)
     losses = []
     transformer.train()
-    for step in range(steps):
+    for step in range(first_step, steps):
+        generator = step_generator(seed, accelerator.process_index, step)
         sample = next(samples)
         with torch.no_grad():
             video_latents = pipeline.encode_video(sample.video)
             motion_latents = pipeline.encode_video(sample.control)
-            ref_index = int(torch.randint(sample.video.shape[0], (1,), generator=generator))
-            reference_latent = pipeline.encode_video(sample.video[ref_index:ref_index + 1])
-        use_temporal = temporal_frames if torch.rand(1, generator=generator).item() < 0.5 else 0
-        use_temporal = min(use_temporal, video_latents.shape[2] - 1)
-        with accelerator.autocast():
-            loss = flow_matching_loss(pipeline, video_latents, reference_latent, motion_latents, text, use_temporal,
-                                      generator)
+            reference_latent = pipeline.encode_video(sample.reference[:1])
+        chunks = plan_chunks(video_latents.shape[2], *pixel_to_latent_chunking(chunk_frames, overlap_frames))
+        index = int(torch.randint(len(chunks), (1,), generator=generator))
+        example = chunk_example(video_latents, motion_latents, reference_latent, chunks, index, temporal_frames)
+        loss = flow_matching_loss(denoiser, example, text, generator)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
         if log_every and step % log_every == 0:
-            accelerator.print(json.dumps({"step": step, "loss": losses[-1]}))
+            accelerator.print(json.dumps({"step": step, "loss": losses[-1], "chunk": index}))
+        if checkpoint_dir is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            if accelerator.is_main_process:
+                _save_checkpoint(Path(checkpoint_dir) / f"step-{step + 1:06d}", step + 1, adapter, lora,
+                                 optimizer)
+            accelerator.wait_for_everyone()
     transformer.eval()
     return losses, lora
 
 
-def save_lora(lora: dict[str, LoRALinear], path: str | Path) -> None:
-    """LoRA weights as safetensors (``<module>.lora_a`` / ``.lora_b``, scale in the header)."""
-    tensors = {}
-    for name, layer in lora.items():
-        tensors[f"{name}.lora_a"] = layer.lora_a.detach().cpu().contiguous()
-        tensors[f"{name}.lora_b"] = layer.lora_b.detach().cpu().contiguous()
-    scale = next(iter(lora.values())).scale if lora else 1.0
-    save_file(tensors, str(path), metadata={"format": "emosh-lora", "scale": str(scale)})
-
-
-def load_lora(transformer: torch.nn.Module, path: str | Path) -> dict[str, LoRALinear]:
-    """Attach LoRA weights written by :func:`save_lora` to a DiT (for inference with the diffusers host)."""
-    tensors, metadata = read_safetensors(path)
-    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
-    scale = float(metadata.get("scale", 1.0))
-    layers = {}
-    for name in names:
-        a, b = tensors[f"{name}.lora_a"], tensors[f"{name}.lora_b"]
-        parent_name, _, child = name.rpartition(".")
-        base = transformer.get_submodule(name)
-        layer = LoRALinear(base, a.shape[0], scale * a.shape[0]).to(base.weight.device)
-        with torch.no_grad():
-            layer.lora_a.copy_(a)
-            layer.lora_b.copy_(b)
-        setattr(transformer.get_submodule(parent_name), child, layer)
-        layers[name] = layer
-    return layers
-
-
-def _sample_stream(pairs: list[tuple[Path, Path]], frames: int, size: tuple[int, int], seed: int) -> Iterator[Sample]:
-    rng = random.Random(seed)
-    while True:
+def _sample_stream(pairs: list[tuple[Path, Path]], frames: int, size: tuple[int, int], seed: int, process: int,
+                   first_step: int) -> Iterator[Sample]:
+    """Clip of step ``s`` drawn from (seed, process, s) alone, so a resumed run sees the clips it would have seen."""
+    for step in count(first_step):
+        rng = random.Random(f"{seed}:{process}:{step}")
         video, control = rng.choice(pairs)
         yield load_clip(video, control, frames, size, rng)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from accelerate import PartialState
+
     from .generate.pipeline import EmoshPipeline
 
     parser = argparse.ArgumentParser(prog="python -m emosh.train", description=__doc__.split("\n\n")[0])
@@ -214,48 +273,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae", help="Wan VAE folder or .safetensors (default: inside --model)")
     parser.add_argument("--data", required=True, type=Path, help="folder of <name>.mp4 + <name>.control.mp4 pairs")
     parser.add_argument("--out", required=True, type=Path,
-                        help="output folder: emosh_adapter/ (a diffusers model folder) and emosh_lora.safetensors")
+                        help="output folder: emosh_adapter/ (adapter + emosh_lora.safetensors) and checkpoints/")
     parser.add_argument("--adapter", help="adapter folder (or a file in it) to continue from (default: zeros)")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000, help="total optimiser steps (a resumed run included)")
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--frames", type=int, default=33, help="pixel frames per training clip (4k+1)")
+    parser.add_argument("--frames", type=int, default=81, help="pixel frames per training clip (4k+1)")
+    parser.add_argument("--chunk-frames", type=int, default=33, help="pixel frames per chunk, as in the sampler")
+    parser.add_argument("--overlap-frames", type=int, default=8, help="pixel frames shared by consecutive chunks")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--temporal-frames", type=int, default=1, help="latent frames used as temporal conditioning")
     parser.add_argument("--lora-rank", type=int, default=0, help="> 0 also trains LoRA on the DiT attention")
     parser.add_argument("--lora-alpha", type=float, default=1.0)
     parser.add_argument("--text-embeds", help="safetensors with 'prompt_embeds' [1, L, text_dim] (default zeros)")
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"],
+                        help="bf16 also stores the frozen DiT in bf16")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute DiT blocks in backward")
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: none)")
+    parser.add_argument("--resume", type=Path, help="a checkpoint folder (out/checkpoints/step-NNNNNN) to resume")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu forces CPU; otherwise accelerate places each process on its GPU")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    pipe = EmoshPipeline.from_pretrained(args.model, vae=args.vae, adapter=args.adapter, device=args.device) \
-        if args.adapter else _pipeline_with_new_adapter(args.model, args.vae, args.device)
+    pipe = EmoshPipeline.from_pretrained(args.model, vae=args.vae, adapter=args.adapter) \
+        if args.adapter else _pipeline_with_new_adapter(args.model, args.vae)
     text = read_safetensors(args.text_embeds)[0]["prompt_embeds"] if args.text_embeds else None
-    stream = _sample_stream(find_pairs(args.data), args.frames, (args.height, args.width), args.seed)
+    first_step = checkpoint_step(args.resume) if args.resume else 0
+    stream = _sample_stream(find_pairs(args.data), args.frames, (args.height, args.width), args.seed,
+                            PartialState(cpu=args.device == "cpu").process_index, first_step)
     losses, lora = train(pipe, stream, args.steps, args.lr, args.lora_rank, args.lora_alpha, args.temporal_frames,
-                         text, args.seed, args.mixed_precision)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pipe.adapter.save_pretrained(args.out / "emosh_adapter")
-    if lora:
-        save_lora(lora, args.out / "emosh_lora.safetensors")
-    print(json.dumps({"steps": len(losses), "final_loss": losses[-1], "out": str(args.out)}))
+                         args.chunk_frames, args.overlap_frames, text, args.seed, args.mixed_precision,
+                         args.gradient_checkpointing, args.out / "checkpoints", args.checkpoint_every, args.resume,
+                         cpu=args.device == "cpu")
+    if PartialState().is_main_process:
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_trained(args.out / "emosh_adapter", pipe.adapter, lora)
+        print(json.dumps({"steps": first_step + len(losses), "final_loss": losses[-1] if losses else None,
+                          "out": str(args.out)}))
     return 0
 
 
-def _pipeline_with_new_adapter(model: str, vae: str | None, device: str):
-    """A pipeline with a zero-initialised adapter (Wan-Animate: its own pose_patch_embedding is trained)."""
+def _pipeline_with_new_adapter(model: str, vae: str | None):
+    """A pipeline on CPU with a zero-initialised adapter (Wan-Animate: its own pose_patch_embedding is trained);
+    :func:`train` moves it to the process's device."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from .generate.loaders import load_transformer, load_vae
     from .generate.pipeline import EmoshPipeline
 
-    transformer = load_transformer(model).to(device)
-    vae_model = load_vae(vae or model).to(device)
+    transformer = load_transformer(model)
+    vae_model = load_vae(vae or model)
     embed = transformer.patch_embedding
     adapter = None if hasattr(transformer, "pose_patch_embedding") else MotionAdapter(
-        embed.out_channels, tuple(embed.kernel_size), vae_model.config.z_dim).to(device)
+        embed.out_channels, tuple(embed.kernel_size), vae_model.config.z_dim)
     return EmoshPipeline(transformer, vae_model, FlowMatchEulerDiscreteScheduler(), adapter)
 
 

@@ -15,9 +15,11 @@ from comfy_api.latest import io
 
 from ..emosh.errors import InputError
 from ..emosh.generate.adapter import InjectionSchedule, MotionAdapter, step_progress
-from ..emosh.generate.chunks import (ChunkConditioning, check_video_inputs, denoise_in_chunks, latent_frame_count,
-                                     pad_video_to_latent_grid, run_model_on_chunk)
+from ..emosh.generate.chunks import (ChunkConditioning, check_video_inputs, denoise_in_chunks, frame_timesteps,
+                                     latent_frame_count, pad_video_to_latent_grid, run_model_on_chunk)
 from ..emosh.generate.loaders import load_adapter
+from ..emosh.generate.lora import adapter_lora_path
+from ..emosh.safeio import read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +64,19 @@ def _emosh_diffusion_wrapper(executor, x, timestep, context, clip_fea=None, time
     """Keyed DIFFUSION_MODEL wrapper (signature of ``WanModel.forward``): chunk conditioning in time + motion tokens.
 
     Its data come from ``transformer_options``, so it stacks with other packs' wrappers and leaves the model
-    itself untouched.
+    itself untouched. ComfyUI's ``WanModel`` takes per-frame timesteps ``[B, T]`` (its Wan 2.2 path), so the clean
+    conditioning frames get timestep 0; a timestep that is already per-token (``[B, N]``) is passed on as it is.
     """
     options = transformer_options or {}
     motion: MotionPatch | None = options.get(MOTION_KEY)
     window: ChunkWindow | None = options.get(CHUNK_KEY)
 
-    def call(inp: torch.Tensor) -> torch.Tensor:
-        return executor(inp, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
+    def call(inp: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        t = frame_timesteps(timestep, frame_mask) if timestep.ndim == 1 and bool(frame_mask.any()) else timestep
+        return executor(inp, t, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
 
     if motion is None and window is None:
-        return call(x)
+        return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
     model = executor.class_obj
     start = window.start if window is not None else 0
     adapter, latents, factor = None, None, 0.0
@@ -161,6 +165,7 @@ class HybridMotionInjector(io.ComfyNode):
     def execute(cls, model, vae, control: torch.Tensor, strength: float, start_percent: float, end_percent: float,
                 adapter: str) -> io.NodeOutput:
         diffusion_model = model.model.diffusion_model
+        lora_file = None
         if adapter == USE_ANIMATE_EMBEDDING:
             if not hasattr(diffusion_model, "pose_patch_embedding"):
                 raise InputError("This MODEL is not a Wan-Animate model (no pose_patch_embedding): choose an EMOSH "
@@ -168,7 +173,9 @@ class HybridMotionInjector(io.ComfyNode):
             motion_adapter = None
         else:
             import folder_paths
-            motion_adapter = load_adapter(folder_paths.get_full_path_or_raise(MODEL_FOLDER, adapter))
+            adapter_file = folder_paths.get_full_path_or_raise(MODEL_FOLDER, adapter)
+            motion_adapter = load_adapter(adapter_file)
+            lora_file = adapter_lora_path(adapter_file)  # the LoRA `python -m emosh.train` wrote beside it
             embed = diffusion_model.patch_embedding
             if motion_adapter.dim != embed.out_channels or motion_adapter.patch_size != tuple(embed.kernel_size):
                 raise InputError(f"Adapter {adapter} (dim {motion_adapter.dim}, patch {motion_adapter.patch_size}) "
@@ -178,6 +185,9 @@ class HybridMotionInjector(io.ComfyNode):
         raw = _encode_frames(vae, control)
         latents = model.model.process_latent_in(raw).to("cpu")
         patched = _with_emosh_wrapper(model)
+        if lora_file is not None:
+            import comfy.sd
+            patched, _ = comfy.sd.load_lora_for_models(patched, None, read_safetensors(lora_file)[0], 1.0, 0)
         _set_transformer_option(patched, MOTION_KEY, MotionPatch(motion_adapter, latents, schedule, control.shape[0]))
         return io.NodeOutput(patched)
 

@@ -32,7 +32,7 @@ def test_zero_adapter_leaves_transformer_output_bit_identical():
     t = torch.tensor([500.0])
     motion = torch.randn(1, 16, 3, 8, 8)
 
-    def forward(inp):
+    def forward(inp, _frame_mask=None):
         return transformer(inp, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_adapter_changes_only_noisy_tokens():
     noisy = torch.randn(1, 16, 3, 8, 8)
     tokens = {}
 
-    def forward(inp):
+    def forward(inp, _frame_mask):
         handle = transformer.patch_embedding.register_forward_hook(lambda _m, _i, out: tokens.__setitem__("t", out))
         try:
             return transformer(inp, timestep=torch.tensor([300.0]), encoder_hidden_states=torch.zeros(1, 4, TEXT_DIM),
@@ -70,6 +70,45 @@ def test_adapter_changes_only_noisy_tokens():
     assert torch.equal(new_tokens[:, :, :2], base_tokens[:, :, :2]), "conditioning tokens must not change"
     changed = (new_tokens[:, :, 2:] - base_tokens[:, :, 2:]).abs().amax(dim=(0, 1, 3, 4))
     assert (changed > 1e-4).all(), "every noisy frame must receive motion"
+
+
+def test_frame_mask_gives_clean_frames_timestep_zero_in_the_diffusers_host():
+    """With conditioning frames, WanTransformer3DModel gets per-token timesteps: 0 on the clean frames' tokens,
+    the sampler's t on the noisy ones, and its prediction differs from the one-timestep call."""
+    pipe = tiny_pipeline()
+    cond = ChunkConditioning(torch.randn(1, 16, 2, 8, 8), 1, 0, 1)
+    noisy, text, t = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 4, TEXT_DIM), torch.tensor([700.0])
+    seen = []
+    handle = pipe.transformer.condition_embedder.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        masked = run_model_on_chunk(lambda x, mask: pipe.predict(x, t, text, frame_mask=mask), noisy, 16,
+                                    pipe.transformer.patch_embedding, cond)
+        unmasked = run_model_on_chunk(lambda x, _mask: pipe.predict(x, t, text), noisy, 16,
+                                      pipe.transformer.patch_embedding, cond)
+    handle.remove()
+    per_token = seen[0].view(1, 5, 16)  # 5 frames of 4x4 tokens
+    assert torch.equal(per_token[:, :2], torch.zeros(1, 2, 16)) and torch.equal(per_token[:, 2:], torch.full((1, 3, 16), 700.0))
+    assert seen[1].shape == (1,)
+    assert (masked - unmasked).abs().max() > 1e-4
+
+
+def test_frame_mask_reaches_comfyui_wan_as_per_frame_timesteps():
+    """The ComfyUI wrapper turns the sampler's [B] timestep into [B, T] with 0 on the conditioning frames."""
+    import types
+
+    module = pack_nodes("generate")
+    seen = []
+
+    def executor(x, timestep, *_args, **_kwargs):
+        seen.append(timestep)
+        return torch.zeros_like(x)
+
+    executor.class_obj = types.SimpleNamespace(patch_embedding=torch.nn.Conv3d(16, 32, (1, 2, 2), (1, 2, 2)))
+    window = module.ChunkWindow(0, ChunkConditioning(torch.randn(1, 16, 2, 4, 4), 1, 1, 0))
+    out = module._emosh_diffusion_wrapper(executor, torch.randn(2, 16, 3, 4, 4), torch.tensor([900.0, 900.0]),
+                                          None, transformer_options={module.CHUNK_KEY: window})
+    assert out.shape == (2, 16, 3, 4, 4)
+    assert torch.equal(seen[0], torch.tensor([[0.0, 0.0, 900.0, 900.0, 900.0]] * 2))
 
 
 def test_schedule_and_step_progress():
@@ -311,36 +350,255 @@ def test_wan_animate_transformer_uses_its_pose_embedding():
 # ---------------------------------------------------------------- training
 
 
-def test_two_training_steps_change_the_adapter(tmp_path):
-    from emosh.train import Sample, load_lora, save_lora, train
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state (mixed precision, device): each training run here starts anew."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _fixed_samples(video: torch.Tensor, reference: torch.Tensor):
+    from emosh.train import Sample
+
+    while True:
+        yield Sample(video, video.flip(2), reference)
+
+
+def _recording_model_inputs(pipe):
+    """Forward pre-hook on the DiT's patch embedding: every model input of a training run, in order."""
+    inputs = []
+    handle = pipe.transformer.patch_embedding.register_forward_pre_hook(
+        lambda _m, args: inputs.append(args[0].detach().clone()))
+    return inputs, handle
+
+
+def test_reference_frame_is_drawn_outside_the_training_window(tmp_path):
+    """Frame i of the clip is grey level 8*i: the reference's level is never one of the window's."""
+    import random
+
+    from emosh.train import load_clip
+    from emosh.video import write_video
+
+    levels = torch.arange(24) * 8 + 40
+    video = levels.view(-1, 1, 1, 1).expand(24, 32, 32, 3).to(torch.uint8).numpy().copy()
+    write_video(tmp_path / "clip.mp4", video, fps=8)
+    write_video(tmp_path / "clip.control.mp4", video, fps=8)
+    rng = random.Random(0)
+    for _ in range(6):
+        sample = load_clip(tmp_path / "clip.mp4", tmp_path / "clip.control.mp4", 9, (32, 32), rng)
+        window = {round(float(f.mean()) * 255 / 8) for f in sample.video}
+        assert sample.reference.shape == (1, 32, 32, 3)
+        assert round(float(sample.reference.mean()) * 255 / 8) not in window
+    with pytest.raises(InputError, match="reference"):
+        load_clip(tmp_path / "clip.mp4", tmp_path / "clip.control.mp4", 24, (32, 32), rng)
+
+
+def test_later_chunk_examples_are_conditioned_as_the_sampler_conditions_them():
+    """chunk_example(k) = what denoise_in_chunks hands chunk k when every earlier chunk came out as the clip."""
+    from emosh.generate.chunks import denoise_in_chunks, pixel_to_latent_chunking
+    from emosh.train import chunk_example
+
+    latents = torch.randn(1, 16, 8, 4, 4)
+    motion = torch.randn(1, 16, 8, 4, 4)
+    reference = torch.randn(1, 16, 1, 4, 4)
+    seen = []
+
+    def as_the_clip(chunk, cond, _noise):
+        seen.append(cond)
+        return latents[:, :, chunk.start:chunk.stop]
+
+    denoise_in_chunks(torch.zeros_like(latents), reference, 13, 4, as_the_clip, temporal_frames=1)
+    chunks = plan_chunks(8, *pixel_to_latent_chunking(13, 4))
+    assert len(chunks) == 3
+    for index, sampler_cond in enumerate(seen):
+        example = chunk_example(latents, motion, reference, chunks, index, temporal_frames=1)
+        assert torch.equal(example.conditioning.latents, sampler_cond.latents)
+        assert (example.conditioning.num_spatial, example.conditioning.num_temporal) == (
+            (1, 1) if index else (0, 0))
+        assert torch.equal(example.target, latents[:, :, chunks[index].start:chunks[index].stop])
+        assert torch.equal(example.motion, motion[:, :, chunks[index].start:chunks[index].stop])
+    assert torch.equal(seen[1].latents[:, :, 1:2], latents[:, :, :1]), "spatial slot = the clip's first latent"
+
+
+def test_training_fills_and_trains_the_spatial_slot_and_uses_the_outside_reference():
+    """Later-chunk steps put the clip's first latent frame in the spatial slot, which then gets gradients; the
+    reference slot holds the sample's reference image, not a frame of the clip."""
+    from emosh.train import train
 
     pipe = tiny_pipeline(MotionAdapter(32))
-    before = pipe.adapter.proj.weight.detach().clone()
-    video = moving_video(9)
+    video, reference = moving_video(9), moving_video(9).flip(1)[4:5]
+    inputs, handle = _recording_model_inputs(pipe)
+    grads = []
 
-    def samples():
-        while True:
-            yield Sample(video, video.flip(2))
+    def keep_spatial_grad(_m, args, out):
+        if args[0].shape[2] > 3:  # reference + spatial + temporal + noisy frames: a later chunk
+            out = out.detach().requires_grad_(True)  # the frozen conv's tokens, as a leaf the loss reaches
+            out.register_hook(lambda g: grads.append(g[:, :, 1].abs().sum().item()))
+        return out
 
-    losses, lora = train(pipe, samples(), steps=2, lr=1e-2, lora_rank=2, temporal_frames=1, log_every=0)
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    assert (pipe.adapter.proj.weight - before).abs().max() > 0, "adapter weights did not change"
-    assert lora and any(layer.lora_b.abs().max() > 0 for layer in lora.values())
-    save_lora(lora, tmp_path / "lora.safetensors")
-    pipe.adapter.save_pretrained(tmp_path / "adapter")
-    assert MotionAdapter.from_pretrained(tmp_path / "adapter").proj.weight.abs().max() > 0
-    fresh = tiny_transformer()
-    assert len(load_lora(fresh, tmp_path / "lora.safetensors")) == len(lora)
+    grad_handle = pipe.transformer.patch_embedding.register_forward_hook(keep_spatial_grad)
+    try:
+        train(pipe, _fixed_samples(video, reference), steps=6, lr=1e-3, chunk_frames=5, overlap_frames=0,
+              temporal_frames=1, log_every=0)
+    finally:
+        handle.remove()
+        grad_handle.remove()
+    latents, ref_latent = pipe.encode_video(video), pipe.encode_video(reference)
+    later = [x for x in inputs if x.shape[2] == 4]  # [reference][spatial][temporal][1 noisy frame]
+    assert later, "no later-chunk example in 6 steps"
+    for x in inputs:
+        assert torch.allclose(x[:, :, 0], ref_latent[:, :, 0], atol=1e-5), "reference slot"
+    for x in later:
+        assert torch.allclose(x[:, :, 1], latents[:, :, 0], atol=1e-5), "spatial slot = first latent of the clip"
+        assert torch.allclose(x[:, :, 2], latents[:, :, 1], atol=1e-5), "temporal slot = the frame before"
+    assert grads and all(g > 0 for g in grads), "the spatial slot's tokens get no gradient"
+
+
+def test_training_loss_falls_on_a_tiny_overfit():
+    """A fixed-seed evaluation of the flow-matching loss on the training clip drops after 40 steps on it."""
+    from emosh.generate.chunks import pixel_to_latent_chunking
+    from emosh.train import ChunkDenoiser, chunk_example, flow_matching_loss, train
+
+    torch.manual_seed(0)
+    pipe = tiny_pipeline(MotionAdapter(32))
+    video, reference = moving_video(9), moving_video(9).flip(1)[4:5]
+    latents, motion = pipe.encode_video(video), pipe.encode_video(video.flip(2))
+    chunks = plan_chunks(latents.shape[2], *pixel_to_latent_chunking(5, 0))
+    examples = [chunk_example(latents, motion, pipe.encode_video(reference), chunks, i, 1) for i in range(2)]
+    text = torch.zeros(1, 8, TEXT_DIM)
+
+    def held_loss() -> float:
+        denoiser = ChunkDenoiser(pipe)
+        with torch.no_grad():
+            return sum(float(flow_matching_loss(denoiser, ex, text, torch.Generator().manual_seed(s)))
+                       for ex in examples for s in range(4))
+
+    before = held_loss()
+    losses, _ = train(pipe, _fixed_samples(video, reference), steps=40, lr=3e-3, lora_rank=4, lora_alpha=4.0,
+                      chunk_frames=5, overlap_frames=0, log_every=0)
+    after = held_loss()
+    assert after < 0.8 * before, (before, after)
+    assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_accelerate_prepares_the_module_that_computes_every_loss(monkeypatch):
+    """What accelerate wraps (DDP under a multi-process launch) holds all trained parameters and is called for
+    every step: DDP all-reduces gradients only of a module whose forward ran."""
+    import accelerate
+
+    from emosh.train import train
+
+    calls, prepared = [], []
+    real_prepare = accelerate.Accelerator.prepare
+
+    def spy(self, *objects):
+        out = real_prepare(self, *objects)
+        for obj in out:
+            if isinstance(obj, torch.nn.Module):
+                prepared.append(obj)
+                obj.register_forward_hook(lambda *_: calls.append(1))
+        return out
+
+    monkeypatch.setattr(accelerate.Accelerator, "prepare", spy)
+    pipe = tiny_pipeline(MotionAdapter(32))
+    _, lora = train(pipe, _fixed_samples(moving_video(9), moving_video(5)[:1]), steps=3, lora_rank=2,
+                    chunk_frames=5, overlap_frames=0, log_every=0)
+    assert len(prepared) == 1 and len(calls) == 3
+    trained = {id(p) for p in prepared[0].parameters() if p.requires_grad}
+    expected = {id(p) for p in pipe.adapter.parameters()} | {id(p) for l in lora.values() for p in (l.lora_a, l.lora_b)}
+    assert trained == expected
+
+
+def test_resumed_training_ends_where_the_uninterrupted_run_ends(tmp_path):
+    from emosh.train import train
+
+    video, reference = moving_video(9), moving_video(5)[:1]
+    args = dict(lr=1e-2, lora_rank=2, chunk_frames=5, overlap_frames=0, log_every=0)
+    straight = tiny_pipeline(MotionAdapter(32))
+    train(straight, _fixed_samples(video, reference), steps=4, checkpoint_dir=tmp_path / "a", checkpoint_every=2,
+          **args)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["step-000002", "step-000004"]
+    resumed = tiny_pipeline(MotionAdapter(32))
+    losses, _ = train(resumed, _fixed_samples(video, reference), steps=4, resume_from=tmp_path / "a" / "step-000002",
+                      **args)
+    assert len(losses) == 2
+    assert torch.allclose(resumed.adapter.proj.weight, straight.adapter.proj.weight, atol=1e-6)
     x = torch.randn(1, 16, 2, 4, 4)
     kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.zeros(1, 3, TEXT_DIM), return_dict=False)
     with torch.no_grad():
-        assert torch.allclose(fresh(x, **kwargs)[0], pipe.transformer(x, **kwargs)[0], atol=1e-6)
+        assert torch.allclose(resumed.transformer(x, **kwargs)[0], straight.transformer(x, **kwargs)[0], atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_steps_and_bf16_trains(fresh_accelerate_state):
+    from accelerate.state import AcceleratorState
+
+    from emosh.train import train
+
+    video, reference = moving_video(9), moving_video(5)[:1]
+    args = dict(steps=2, lr=1e-2, lora_rank=2, chunk_frames=5, overlap_frames=0, log_every=0)
+    plain, checkpointed = tiny_pipeline(MotionAdapter(32)), tiny_pipeline(MotionAdapter(32))
+    losses, _ = train(plain, _fixed_samples(video, reference), **args)
+    ck_losses, _ = train(checkpointed, _fixed_samples(video, reference), gradient_checkpointing=True, **args)
+    assert checkpointed.transformer.gradient_checkpointing
+    assert losses[0] == pytest.approx(ck_losses[0], rel=1e-6)  # recomputation only, same maths
+    assert losses[1] == pytest.approx(ck_losses[1], rel=1e-3)  # after one Adam step on float-rounded gradients
+    AcceleratorState._reset_state(reset_partial_state=True)
+    half = tiny_pipeline(MotionAdapter(32))
+    bf16_losses, lora = train(half, _fixed_samples(video, reference), mixed_precision="bf16", **args)
+    assert half.transformer.proj_out.weight.dtype == torch.bfloat16, "frozen DiT stored in bf16"
+    assert half.adapter.proj.weight.dtype == torch.float32 and half.adapter.proj.weight.abs().max() > 0
+    assert all(torch.isfinite(torch.tensor(bf16_losses)))
+
+
+def test_trained_lora_is_what_comfyui_and_the_diffusers_host_load(tmp_path):
+    """The file's keys follow ComfyUI's rule (``lora_unet_`` + native Wan key, dots as underscores; update =
+    alpha / rank * up @ down); applying it that way to native weights, converted with diffusers' own converter,
+    gives the trained model, and so does the diffusers host's load_lora."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from emosh.generate.lora import add_lora, load_lora, native_module_name, save_lora
+
+    trained = tiny_transformer()
+    lora = add_lora(trained, 2, 3.0)
+    with torch.no_grad():
+        for layer in lora.values():
+            layer.lora_b.normal_(0.0, 0.3)
+    save_lora(lora, tmp_path / "emosh_lora.safetensors")
+    from emosh.safeio import read_safetensors
+
+    tensors, _ = read_safetensors(tmp_path / "emosh_lora.safetensors")
+    base = tiny_transformer()
+    native = {f"{native_module_name(name)}.weight": base.get_submodule(name).weight.detach().clone()
+              for name in lora}
+    assert set(convert_wan_transformer_to_diffusers(dict(native))) == {f"{name}.weight" for name in lora}
+    comfy_key_map = {"lora_unet_" + k[:-len(".weight")].replace(".", "_"): k for k in native}
+    for key in {k.rsplit(".", 2)[0] for k in tensors if k.endswith(".weight")}:
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        native[comfy_key_map[key]] += float(tensors[f"{key}.alpha"]) / down.shape[0] * up @ down
+    merged = tiny_transformer()
+    state = merged.state_dict()
+    state.update(convert_wan_transformer_to_diffusers(native))
+    merged.load_state_dict(state)
+    loaded = tiny_transformer()
+    assert len(load_lora(loaded, tmp_path / "emosh_lora.safetensors")) == len(lora)
+    x = torch.randn(1, 16, 2, 4, 4)
+    kwargs = dict(timestep=torch.tensor([10.0]), encoder_hidden_states=torch.randn(1, 3, TEXT_DIM), return_dict=False)
+    with torch.no_grad():
+        want = trained(x, **kwargs)[0]
+        assert (want - base(x, **kwargs)[0]).abs().max() > 1e-3
+        assert torch.allclose(merged(x, **kwargs)[0], want, atol=1e-5)
+        assert torch.allclose(loaded(x, **kwargs)[0], want, atol=1e-5)
 
 
 def test_train_cli_on_video_pairs(tmp_path, capsys):
     import json
+    import random
 
-    from emosh.train import main
+    from emosh.generate.lora import adapter_lora_path
+    from emosh.train import load_clip, main
     from emosh.video import write_video
 
     tiny_transformer().save_pretrained(tmp_path / "model" / "transformer", safe_serialization=True)
@@ -351,17 +609,20 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
     write_video(data / "clip.mp4", video, fps=8)
     write_video(data / "clip.control.mp4", video[:, :, ::-1].copy(), fps=8)
     code = main(["--model", str(tmp_path / "model"), "--data", str(data), "--out", str(tmp_path / "run"),
-                 "--steps", "2", "--frames", "9", "--height", "32", "--width", "32", "--lora-rank", "2",
-                 "--device", "cpu"])
+                 "--steps", "2", "--frames", "9", "--chunk-frames", "5", "--overlap-frames", "0", "--height", "32",
+                 "--width", "32", "--lora-rank", "2", "--checkpoint-every", "1", "--device", "cpu"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
-    assert MotionAdapter.from_pretrained(tmp_path / "run" / "emosh_adapter").proj.weight.abs().max() > 0
-    assert (tmp_path / "run" / "emosh_lora.safetensors").is_file()
-    import random
-
-    from emosh.train import load_clip
-
+    adapter_dir = tmp_path / "run" / "emosh_adapter"
+    assert MotionAdapter.from_pretrained(adapter_dir).proj.weight.abs().max() > 0
+    assert adapter_lora_path(adapter_dir / "diffusion_pytorch_model.safetensors") == adapter_dir / "emosh_lora.safetensors"
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "trainer_state.pt").is_file()
+    code = main(["--model", str(tmp_path / "model"), "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--steps", "3", "--frames", "9", "--chunk-frames", "5", "--overlap-frames", "0", "--height", "32",
+                 "--width", "32", "--lora-rank", "2", "--device", "cpu",
+                 "--resume", str(tmp_path / "run" / "checkpoints" / "step-000002")])
+    assert code == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
     write_video(data / "short.control.mp4", video[:10], fps=8)
     with pytest.raises(InputError, match="Frame count mismatch"):
         load_clip(data / "clip.mp4", data / "short.control.mp4", 9, (32, 32), random.Random(0))

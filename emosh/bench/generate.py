@@ -1,13 +1,17 @@
-"""``python -m emosh.bench generate --json``: cost of EMOSH injection and memory of chunked sampling.
+"""``python -m emosh.bench generate --json``: what EMOSH adds to a Wan DiT forward, and activation memory per chunk.
 
-* ``injection_overhead`` = (adapter patch embedding + motion-token add + chunk conditioning assembly + chunk
-  blending) time ÷ one base transformer forward on the same chunk (target ≤ 0.03).
-* ``peak_mem_ratio`` = peak memory while sampling a 4-chunk video ÷ a 1-chunk video, each in a fresh process
-  (target ≤ 1.1): the sampler must not hold anything per chunk.
+* ``injection_overhead`` = the adapter's patch embedding + motion-token add alone ÷ one base DiT forward of the
+  chunk's noisy frames (target ≤ 0.03).
+* ``conditioning_overhead`` = a forward with ``[reference][spatial][temporal]`` before the noisy frames ÷ a plain
+  forward of the same noisy frames, minus 1 (the price of the clean frames; 3 extra frames on ``--frames``).
+* ``vae_encode_ms_per_frame``: Wan 2.1 VAE (its full architecture, random weights) encoding the control video.
+* ``activation_peak_mb_1_chunk`` / ``activation_peak_mb_4_chunks``: peak resident memory while sampling, minus the
+  memory held just before sampling (weights and inputs), each in a fresh process; ``activation_mem_ratio`` of the
+  two (target ≤ 1.1: nothing may be held per chunk).
 
-Random weights, a Wan-style DiT of ``--dim`` width and ``--layers`` blocks. The default spatial size is 30×52 latent
-(240×416 px), half the 60×104 of the issue, because one 60×104×21 forward takes ~150 s on 2 CPU cores; pass
-``--height 60 --width 104`` for the full size.
+Random weights at Wan 2.1 1.3B's width (1536, 12 heads, ffn 8960). Forwards time ``--blocks`` blocks and scale the
+block time to ``--layers`` (30 for 1.3B): ``forward ≈ outside-blocks time + layers × mean block time``. Defaults
+keep the whole run under ~3 minutes on 2 CPU cores: 5 noisy latent frames of 30×52 (240×416 px) per chunk.
 """
 from __future__ import annotations
 
@@ -16,96 +20,157 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
 
-from .common import emit, median_ms, peak_rss_mb
+from .common import emit, median_ms
 
-TEXT_DIM = 512
+TEXT_DIM = 4096
+WAN_1_3B = {"dim": 1536, "heads": 12, "ffn": 8960, "layers": 30}
 
 
-def _transformer(dim: int, layers: int, device: str):
+def _transformer(dim: int, heads: int, ffn: int, blocks: int, device: str):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    heads = max(1, dim // 128)
     return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=dim // heads,
-                                 in_channels=16, out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=4 * dim,
-                                 num_layers=layers).eval().to(device)
+                                 in_channels=16, out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=ffn,
+                                 num_layers=blocks).eval().to(device)
 
 
-def _pipeline(dim: int, layers: int, device: str):
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
-
+def _random_adapter(dim: int):
     from ..generate.adapter import MotionAdapter
-    from ..generate.pipeline import EmoshPipeline
 
     adapter = MotionAdapter(dim)
     torch.nn.init.normal_(adapter.proj.weight, std=0.02)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)  # only z_dim is used
-    return EmoshPipeline(_transformer(dim, layers, device), vae.to(device), FlowMatchEulerDiscreteScheduler(shift=3.0),
-                         adapter.to(device))
+    return adapter
+
+
+def scaled_forward_ms(transformer, model_in: torch.Tensor, text: torch.Tensor, layers: int, runs: int) -> float:
+    """Median forward time with the block time scaled from ``len(transformer.blocks)`` blocks to ``layers``."""
+    block_ms: list[float] = []
+    starts: list[float] = []
+    hooks = [b.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter())) for b in transformer.blocks]
+    hooks += [b.register_forward_hook(lambda *_: block_ms.append((time.perf_counter() - starts[-1]) * 1e3))
+              for b in transformer.blocks]
+    t = torch.tensor([500.0], device=model_in.device)
+    totals = []
+    try:
+        with torch.no_grad():
+            transformer(model_in, timestep=t, encoder_hidden_states=text, return_dict=False)  # warm-up
+            for _ in range(runs):
+                block_ms.clear()
+                start = time.perf_counter()
+                transformer(model_in, timestep=t, encoder_hidden_states=text, return_dict=False)
+                total = (time.perf_counter() - start) * 1e3
+                per_block = sum(block_ms) / len(block_ms)
+                totals.append(total - sum(block_ms) + layers * per_block)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sorted(totals)[len(totals) // 2]
 
 
 def measure_overhead(args: argparse.Namespace) -> dict:
-    """Median times of the base forward and of everything EMOSH adds around it, on one later chunk."""
+    """Base forward of the noisy frames, the adapter's add alone, and the forward with the conditioning frames."""
     from ..generate.adapter import add_motion_tokens
-    from ..generate.chunks import ChunkAssembler, plan_chunks
+    from ..generate.chunks import ChunkConditioning
 
-    pipe = _pipeline(args.dim, args.layers, args.device)
+    transformer = _transformer(args.dim, args.heads, args.ffn, args.blocks, args.device)
+    adapter = _random_adapter(args.dim).to(args.device)
     frames, h, w = args.frames, args.height, args.width
-    chunks = plan_chunks(2 * frames - args.overlap, frames, args.overlap)
-    assembler = ChunkAssembler(chunks, torch.randn(1, 16, 1, h, w, device=args.device), temporal_frames=1)
-    assembler.add(chunks[0], torch.randn(1, 16, frames, h, w, device=args.device))
-    chunk = chunks[1]
-    noisy = torch.randn(1, 16, chunk.length, h, w, device=args.device)
-    motion = torch.randn(1, 16, chunk.length, h, w, device=args.device)
-    text = torch.randn(1, 16, TEXT_DIM, device=args.device)
-    model_in = assembler.conditioning(chunk).prepend(noisy, 16)
-    first = model_in.shape[2] - chunk.length
+    noisy = torch.randn(1, 16, frames, h, w, device=args.device)
+    motion = torch.randn(1, 16, frames, h, w, device=args.device)
+    text = torch.randn(1, 512, TEXT_DIM, device=args.device)
+    cond = ChunkConditioning(torch.randn(1, 16, 3, h, w, device=args.device), 1, 1, 1)
     with torch.no_grad():
-        embedded = pipe.transformer.patch_embedding(model_in)
+        base_ms = scaled_forward_ms(transformer, noisy, text, args.layers, args.runs)
+        cond_ms = scaled_forward_ms(transformer, cond.prepend(noisy, 16), text, args.layers, args.runs)
+        embedded = transformer.patch_embedding(cond.prepend(noisy, 16))
+        inject_ms = median_ms(lambda: add_motion_tokens(embedded, adapter(motion), cond.num_frames, 1.0),
+                              runs=max(5, args.runs), warmup=1)
+    return {"base_forward_ms": round(base_ms, 1), "conditioned_forward_ms": round(cond_ms, 1),
+            "injection_ms": round(inject_ms, 2), "injection_overhead": round(inject_ms / base_ms, 4),
+            "conditioning_overhead": round(cond_ms / base_ms - 1.0, 4),
+            "tokens_noisy": frames * (h // 2) * (w // 2)}
 
-        def base() -> None:
-            pipe.transformer(model_in, timestep=torch.tensor([500.0], device=args.device),
-                             encoder_hidden_states=text, return_dict=False)
 
-        def emosh_parts() -> None:
-            cond = assembler.conditioning(chunk)
-            cond.prepend(noisy, 16)
-            add_motion_tokens(embedded, pipe.adapter(motion), first, 1.0)
-            assembler.add(chunk, noisy)  # repeated adds only accumulate into chunk 1's frames; timing is what counts
+def measure_vae_encode(args: argparse.Namespace) -> dict:
+    """Wan 2.1 VAE (default AutoencoderKLWan architecture) encoding ``--vae-frames`` control frames."""
+    from diffusers import AutoencoderKLWan
 
-        base_ms = median_ms(base, runs=args.runs, warmup=1)
-        emosh_ms = median_ms(emosh_parts, runs=max(5, args.runs), warmup=1)
-    return {"base_forward_ms": round(base_ms, 1), "injection_ms": round(emosh_ms, 2),
-            "injection_overhead": round(emosh_ms / base_ms, 4), "tokens": int(embedded[0, 0].numel())}
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().eval().to(args.device)
+    pixels = torch.rand(1, 3, args.vae_frames, 8 * args.height, 8 * args.width, device=args.device) * 2 - 1
+    with torch.no_grad():
+        ms = median_ms(lambda: vae.encode(pixels).latent_dist.mode(), runs=1, warmup=0)
+    return {"vae_encode_ms_per_frame": round(ms / args.vae_frames, 1),
+            "vae_encode_size": [args.vae_frames, 8 * args.height, 8 * args.width]}
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _RssPeak:
+    """Peak resident memory while the block runs, sampled every millisecond by a thread (Linux)."""
+
+    def __enter__(self) -> "_RssPeak":
+        self.peak, self._stop = _current_rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _current_rss_mb())
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _current_rss_mb())
 
 
 def sample_worker(args: argparse.Namespace) -> dict:
-    """Sample a video of ``args.chunks`` chunks in this process; report its peak memory."""
-    from ..generate.chunks import plan_chunks
+    """Sample a video of ``args.chunks`` chunks in this process; report the memory sampling adds."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
 
-    pipe = _pipeline(args.dim, args.layers, args.device)
+    from ..generate.chunks import plan_chunks
+    from ..generate.pipeline import EmoshPipeline
+
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)  # only z_dim is used
+    pipe = EmoshPipeline(_transformer(args.dim, args.heads, args.ffn, args.blocks, args.device), vae.to(args.device),
+                         FlowMatchEulerDiscreteScheduler(shift=3.0), _random_adapter(args.dim).to(args.device))
     frames = args.chunks * args.frames - (args.chunks - 1) * args.overlap
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     motion = torch.randn(1, 16, frames, args.height, args.width)
-    pipe.sample_latents(motion, torch.randn(1, 16, 1, args.height, args.width), torch.randn(1, 16, TEXT_DIM),
-                        num_inference_steps=args.steps, guidance_scale=1.0, chunk_frames=4 * (args.frames - 1) + 1,
-                        overlap_frames=4 * args.overlap, temporal_frames=1)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else peak_rss_mb())
+    reference, text = torch.randn(1, 16, 1, args.height, args.width), torch.randn(1, 512, TEXT_DIM)
+    sample = dict(num_inference_steps=args.steps, guidance_scale=1.0, chunk_frames=4 * (args.frames - 1) + 1,
+                  overlap_frames=4 * args.overlap, temporal_frames=1)
+    if args.device.startswith("cuda"):
+        held = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        pipe.sample_latents(motion, reference, text, **sample)
+        activation = (torch.cuda.max_memory_allocated() - held) / 2**20
+    else:
+        held = _current_rss_mb()
+        with _RssPeak() as peak:
+            pipe.sample_latents(motion, reference, text, **sample)
+        activation = peak.peak - held
     return {"chunks": len(plan_chunks(frames, args.frames, args.overlap)), "latent_frames": frames,
-            "peak_mb": round(peak, 1)}
+            "activation_peak_mb": round(activation, 1)}
 
 
 def _run_worker(args: argparse.Namespace, chunks: int) -> dict:
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    argv = ["--worker", "--chunks", str(chunks), "--dim", str(args.dim), "--layers", str(args.layers),
-            "--frames", str(args.frames), "--overlap", str(args.overlap), "--height", str(args.height),
-            "--width", str(args.width), "--steps", str(args.steps), "--device", args.device]
+    argv = ["--worker", "--chunks", str(chunks), "--dim", str(args.dim), "--heads", str(args.heads),
+            "--ffn", str(args.ffn), "--blocks", str(args.blocks), "--frames", str(args.frames),
+            "--overlap", str(args.overlap), "--height", str(args.height), "--width", str(args.width),
+            "--steps", str(args.steps), "--device", args.device]
     code = f"from emosh.bench.generate import main; main({argv!r})"
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,14 +179,18 @@ def _run_worker(args: argparse.Namespace, chunks: int) -> dict:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m emosh.bench generate")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=21, help="latent frames per chunk")
-    parser.add_argument("--overlap", type=int, default=2, help="latent frames shared by consecutive chunks")
+    parser.add_argument("--dim", type=int, default=WAN_1_3B["dim"])
+    parser.add_argument("--heads", type=int, default=WAN_1_3B["heads"])
+    parser.add_argument("--ffn", type=int, default=WAN_1_3B["ffn"])
+    parser.add_argument("--layers", type=int, default=WAN_1_3B["layers"], help="blocks of the model timed")
+    parser.add_argument("--blocks", type=int, default=2, help="blocks actually run (time scaled to --layers)")
+    parser.add_argument("--frames", type=int, default=5, help="noisy latent frames per chunk")
+    parser.add_argument("--overlap", type=int, default=1, help="latent frames shared by consecutive chunks")
     parser.add_argument("--height", type=int, default=30, help="latent height")
     parser.add_argument("--width", type=int, default=52, help="latent width")
+    parser.add_argument("--vae-frames", type=int, default=5, help="control frames encoded by the VAE")
     parser.add_argument("--steps", type=int, default=1, help="sampling steps per chunk in the memory runs")
-    parser.add_argument("--runs", type=int, default=2, help="timed base forwards")
+    parser.add_argument("--runs", type=int, default=1, help="timed forwards")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunks", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -129,14 +198,17 @@ def main(argv: list[str]) -> int:
     if args.worker:
         emit(sample_worker(args))
         return 0
-    result = {"device": args.device, "threads": torch.get_num_threads(), "dim": args.dim, "layers": args.layers,
+    result = {"device": args.device, "threads": torch.get_num_threads(), "dim": args.dim, "heads": args.heads,
+              "layers_scaled_to": args.layers, "blocks_run": args.blocks,
               "latent_chunk": [args.frames, args.height, args.width]}
     result.update(measure_overhead(args))
+    result.update(measure_vae_encode(args))
     one, four = _run_worker(args, 1), _run_worker(args, 4)
-    result.update({"peak_mb_1_chunk": one["peak_mb"], "peak_mb_4_chunks": four["peak_mb"],
+    result.update({"activation_peak_mb_1_chunk": one["activation_peak_mb"],
+                   "activation_peak_mb_4_chunks": four["activation_peak_mb"],
                    "chunks_measured": [one["chunks"], four["chunks"]],
-                   "peak_mem_ratio": round(four["peak_mb"] / one["peak_mb"], 4),
-                   "target_injection_overhead": 0.03, "target_peak_mem_ratio": 1.1})
+                   "activation_mem_ratio": round(four["activation_peak_mb"] / max(one["activation_peak_mb"], 1.0), 4),
+                   "target_injection_overhead": 0.03, "target_activation_mem_ratio": 1.1})
     if not args.json:
         print(__doc__)
     emit(result)

@@ -239,21 +239,35 @@ def check_video_inputs(control: torch.Tensor, reference: torch.Tensor, init_vide
                              f"control frames {w}x{h}.")
 
 
-def run_model_on_chunk(forward: Callable[[torch.Tensor], torch.Tensor], noisy: torch.Tensor, latent_channels: int,
-                       patch_embedding: torch.nn.Module, conditioning: ChunkConditioning | None = None,
-                       adapter: MotionAdapter | None = None, motion_latents: torch.Tensor | None = None,
-                       factor: float = 0.0) -> torch.Tensor:
+def frame_timesteps(timestep: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Per-frame timesteps ``[B, T]`` from one timestep per sample ``[B]`` and a ``[T]`` clean-frame mask.
+
+    Clean conditioning frames get timestep 0 (noise level 0: they are known), the frames being generated keep the
+    sampler's timestep, so a text-to-video DiT that takes per-frame timesteps is told which frames are clean.
+    """
+    keep = (~frame_mask).to(device=timestep.device, dtype=timestep.dtype)
+    return timestep.reshape(-1, 1) * keep.reshape(1, -1)
+
+
+def run_model_on_chunk(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noisy: torch.Tensor,
+                       latent_channels: int, patch_embedding: torch.nn.Module,
+                       conditioning: ChunkConditioning | None = None, adapter: MotionAdapter | None = None,
+                       motion_latents: torch.Tensor | None = None, factor: float = 0.0) -> torch.Tensor:
     """One DiT call on a chunk, the same for every host.
 
     Prepends the clean conditioning frames in time, adds the motion tokens to the noisy frames' patch embeddings
-    while ``forward`` runs, and returns the prediction for the noisy frames only.
+    while ``forward(model_input, frame_mask)`` runs, and returns the prediction for the noisy frames only.
+    ``frame_mask`` ``[T]`` (bool, True on clean conditioning frames) is for hosts whose model takes per-frame
+    timesteps (see :func:`frame_timesteps`); image-to-video inputs also carry it in their mask channels.
     """
     first = 0
+    frame_mask = torch.zeros(noisy.shape[2], dtype=torch.bool)
     if conditioning is not None:
+        frame_mask = conditioning.frame_mask(noisy.shape[2])
         noisy = conditioning.prepend(noisy, latent_channels)
         first = conditioning.num_frames
     if adapter is None or motion_latents is None:
         factor = 0.0
     with inject_motion(patch_embedding, adapter, motion_latents, first, factor):
-        out = forward(noisy)
+        out = forward(noisy, frame_mask)
     return out[:, :, first:]

@@ -13,8 +13,8 @@ import torch
 
 from ..errors import InputError
 from .adapter import InjectionSchedule, MotionAdapter
-from .chunks import (Chunk, ChunkConditioning, check_video_inputs, denoise_in_chunks, pad_video_to_latent_grid,
-                     run_model_on_chunk)
+from .chunks import (Chunk, ChunkConditioning, check_video_inputs, denoise_in_chunks, frame_timesteps,
+                     pad_video_to_latent_grid, run_model_on_chunk)
 from .loaders import load_adapter, load_transformer, load_vae
 
 @dataclass
@@ -90,11 +90,28 @@ class EmoshPipeline:
         extra = self.transformer.config.in_channels - self.latent_channels
         return torch.cat([latents, latents.new_zeros(latents.shape[0], extra, *latents.shape[2:])], dim=1)
 
+    def token_timesteps(self, t: torch.Tensor, frame_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``[B]`` timesteps + ``[T]`` clean-frame mask → ``[B, T * h/ph * w/pw]``, one per DiT token (frame-major,
+        the order of the transformer's flattened patch sequence) for latents of ``size`` (h, w)."""
+        pt, ph, pw = self.transformer.config.patch_size
+        if pt != 1:
+            raise InputError(f"Per-frame timesteps need a temporal patch of 1, this transformer has {pt}.")
+        per_frame = frame_timesteps(t, frame_mask)
+        return per_frame.repeat_interleave((size[0] // ph) * (size[1] // pw), dim=1)
+
     def predict(self, model_in: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                image_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """One transformer call on a full model input (conditioning frames included); ``t`` is ``[B]`` in 0..1000."""
+                image_embeds: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One transformer call on a full model input (conditioning frames included); ``t`` is ``[B]`` in 0..1000.
+
+        ``frame_mask`` ``[T]`` (True on clean conditioning frames) becomes per-token timesteps ``[B, T*h*w/4]``
+        with 0 on the clean frames for ``WanTransformer3DModel``, whose forward takes them (Wan 2.2 TI2V's path).
+        ``WanAnimateTransformer3DModel`` takes one timestep per sample only; there the mask reaches the model
+        through its mask channels (:meth:`ChunkConditioning.prepend`).
+        """
         kwargs = {"encoder_hidden_states_image": image_embeds} if image_embeds is not None else {}
         if not self.is_animate:
+            if frame_mask is not None and bool(frame_mask.any()):
+                t = self.token_timesteps(t, frame_mask, model_in.shape[3:])
             return self.transformer(model_in, timestep=t, encoder_hidden_states=text, return_dict=False, **kwargs)[0]
         # Animate: our hook supplies the pose tokens, so its built-in pose path gets zeros and no face motion.
         b, _, frames, h, w = model_in.shape
@@ -173,7 +190,7 @@ class EmoshPipeline:
             for i, t in enumerate(timesteps):
                 model_in = self.model_input(torch.cat([latents, latents]) if use_cfg else latents)
                 pred = run_model_on_chunk(
-                    lambda x: self.predict(x, t.expand(x.shape[0]), text, image_embeds), model_in,
+                    lambda x, mask: self.predict(x, t.expand(x.shape[0]), text, image_embeds, mask), model_in,
                     self.latent_channels, self.transformer.patch_embedding, cond, self.adapter, chunk_motion,
                     schedule.factor((first_step + i) / num_inference_steps))
                 if use_cfg:
