@@ -1,7 +1,8 @@
 """The shipped workflows (workflows/*.json, ComfyUI frontend "UI" format), checked without ComfyUI.
 
 Structure and links are checked against our node classes and against the input lists of ComfyUI 0.3.64's core nodes
-(tests/data/core-nodes-0.3.64.json: interface facts from GET /object_info of a stock ComfyUI 0.3.64). The CPU workflow is then
+(tests/data/core-nodes-0.3.64.json: interface facts from GET /object_info of a stock ComfyUI 0.3.64; workflows that need a
+newer ComfyUI, e.g. SCAIL-2's nodes, are checked against tests/data/core-nodes-0.27.0.json). The CPU workflow is then
 converted to ComfyUI's API format and executed headless through our node classes on a real clip, with small
 stand-ins for the five core nodes it uses (load image/video, frame cut, create/save video).
 
@@ -21,7 +22,9 @@ from helpers import node_classes, pack_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-CORE_FILE = Path(__file__).parent / "data" / "core-nodes-0.3.64.json"
+# Interface facts (GET /object_info of a stock ComfyUI, no custom nodes) per version a workflow may require.
+CORE_FILES = {version: Path(__file__).parent / "data" / f"core-nodes-{version}.json" for version in ("0.3.64", "0.27.0")}
+MINIMUM_COMFYUI = "0.3.64"  # the pack's own minimum; a workflow needing more says so in extra.emosh.requires_comfyui
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # exist in the frontend only, never executed
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_WIDGETS = {("LoadImage", "image"), ("LoadVideo", "file")}  # the frontend adds an "upload" widget after these
@@ -78,12 +81,21 @@ def _normalise_live(info: dict) -> dict:
     return out
 
 
-def load_schemas(object_info: dict | None = None) -> dict[str, dict]:
-    """Node type → normalised schema: the stored core list plus our classes, or everything from a live
-    ``/object_info`` (then our nodes are checked as ComfyUI actually serves them)."""
+def required_comfyui(workflow: dict) -> str:
+    """The ComfyUI version a workflow needs (SCAIL-2's core nodes arrived after 0.3.64)."""
+    return workflow.get("extra", {}).get("emosh", {}).get("requires_comfyui", MINIMUM_COMFYUI)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def load_schemas(object_info: dict | None = None, version: str = MINIMUM_COMFYUI) -> dict[str, dict]:
+    """Node type → normalised schema: the stored core list of ComfyUI ``version`` plus our classes, or everything
+    from a live ``/object_info`` (then our nodes are checked as ComfyUI actually serves them)."""
     if object_info is not None:
         return {name: _normalise_live(info) for name, info in object_info.items()}
-    core = json.loads(CORE_FILE.read_text())["nodes"]
+    core = json.loads(CORE_FILES[version].read_text())["nodes"]
     schemas = {name: _normalise_core(info) for name, info in core.items()}
     schemas.update({name: _normalise_ours(cls) for name, cls in node_classes().items()})
     return schemas
@@ -257,15 +269,15 @@ def schemas():
     return load_schemas()
 
 
-def test_the_four_workflows_exist():
-    assert [p.name for p in WORKFLOWS] == ["emosh_full.json", "emosh_preview_cpu.json", "emosh_vace_control.json",
-                                           "emosh_wan_animate.json"]
+def test_the_workflows_exist():
+    assert [p.name for p in WORKFLOWS] == ["emosh_full.json", "emosh_preview_cpu.json", "emosh_scail2.json",
+                                           "emosh_vace_control.json", "emosh_wan_animate.json"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_is_valid_ui_format(path, schemas):
+def test_workflow_is_valid_ui_format(path):
     workflow = json.loads(path.read_text())
-    assert check_workflow(workflow, schemas) == []
+    assert check_workflow(workflow, load_schemas(version=required_comfyui(workflow))) == []
     notes = [n for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert notes, "each workflow explains itself in a note"
     text = " ".join(v for n in notes for v in n["widgets_values"])
