@@ -427,6 +427,33 @@ def test_unianimate_peer_pipeline_is_uniAnimates_jpeg_on_a_stretched_canvas(anny
     assert len(np.unique(peer.reshape(-1, 3), axis=0)) > 3 * len(np.unique(lossless.reshape(-1, 3), axis=0))
 
 
+def test_dwpose_peer_pipeline_draws_at_512_short_side_and_resizes(anny):
+    """DWPose's annotator (controlnet_aux's DWposeDetector, Animate Anyone) draws its fixed widths at 512 px short
+    side (sides rounded to multiples of 64) and resizes the map bilinearly: at 720×1280 that is a 512×896 drawing
+    scaled by 1.4, so its sticks come out wider than the lossless frame's 9 px."""
+    import cv2
+
+    from emosh.body.camera import to_camera
+    from emosh.render.renderer import output_focal, rasterize_track
+    from emosh.track.correspondence import mesh_landmarks
+
+    track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=1280, width=720, distance=2.6)
+    kwargs = dict(keypoint_style="dwpose", as_uint8=True)
+    peer = render_all(anny, track, ("keypoints",), peer_pipeline=True, **kwargs)["keypoints"][0].numpy()
+    lossless = render_all(anny, track, ("keypoints",), **kwargs)["keypoints"][0].numpy()
+    focal = output_focal(track, 1280, 720)
+    output, _, frags = rasterize_track(anny, track, focal, (1280, 720))
+    points = to_camera(mesh_landmarks(anny, output), track.cam_R, track.cam_t)
+    pixels = project_camera_points(points, focal, (1280, 720))
+    visible = draw.keypoint_visibility(frags, pixels, points, anny.part_labels, anny.faces,
+                                       draw.see_through_table(anny.part_names, torch.device("cpu")))
+    canvas = np.zeros((896, 512, 3), np.uint8)  # 512 / 720 × (720, 1280) = (512, 910) → multiples of 64
+    draw.draw_frame(canvas, pixels[0].numpy() * np.array([512 / 720, 896 / 1280], np.float32), visible[0].numpy(),
+                    draw.STYLES["dwpose"])
+    assert np.array_equal(peer, cv2.resize(canvas, (720, 1280), interpolation=cv2.INTER_LINEAR))
+    assert (peer.max(-1) > 40).sum() > 1.3 * (lossless.max(-1) > 40).sum(), "strokes scale with the resize"
+
+
 def test_renderer_cli_and_node_offer_the_same_modes_and_styles():
     import argparse
 

@@ -38,6 +38,9 @@ class PoseStyle:
     # the source frame and drawn on this fixed (height, width) canvas, then stored as JPEG of this quality.
     canvas: tuple[int, int] | None = None
     jpeg_quality: int | None = None
+    # DWPose's annotator (controlnet_aux, Animate Anyone) draws at this short side, each side rounded to a multiple of
+    # 64, and resizes its map to the output with OpenCV's bilinear filter: its fixed widths are in those pixels.
+    draw_short_side: int | None = None
 
     def widths(self, height: int, width: int) -> tuple[int, int, int, int]:
         if self.fixed_widths is not None:
@@ -60,7 +63,7 @@ def _thin_width(height: int, width: int) -> int:
 
 STYLES: dict[str, PoseStyle] = {
     "wan_animate": PoseStyle("wan_animate", toes="wan", face="none", fixed_widths=None, neck_rule="mean"),
-    "dwpose": PoseStyle("dwpose", toes=None, face="dots", fixed_widths=(4, 4, 2, 4)),
+    "dwpose": PoseStyle("dwpose", toes=None, face="dots", fixed_widths=(4, 4, 2, 4), draw_short_side=512),
     "unianimate": PoseStyle("unianimate", toes="unianimate", face="none", fixed_widths=(4, 4, 2, 4), swap_rb=True,
                             canvas=(768, 512), jpeg_quality=95),
     # The EMOSH hybrid signal: thin Wan-style skeleton with white hand joints and face contours, over the mesh.
@@ -284,4 +287,19 @@ def peer_frames(points: np.ndarray, visible: np.ndarray, style: PoseStyle, sourc
         if (canvas_h, canvas_w) != (height, width):
             canvas = np.asarray(Image.fromarray(canvas).resize((width, height), Image.BILINEAR))
         frames[i] = canvas
+    return frames
+
+
+def short_side_frames(points: np.ndarray, visible: np.ndarray, style: PoseStyle, size: tuple[int, int]) -> np.ndarray:
+    """Pose frames [B, H, W, 3] made the way DWPose's annotator makes them: ``points`` [B, 553, 2] (pixels of the
+    ``size`` (H, W) output) drawn on a canvas whose short side is ``style.draw_short_side`` (each side rounded to a
+    multiple of 64, as its ``resize_image`` does), then resized to ``size`` with ``cv2.INTER_LINEAR``."""
+    height, width = size
+    k = style.draw_short_side / min(height, width)
+    canvas_h, canvas_w = (max(int(np.round(side * k / 64.0)) * 64, 64) for side in (height, width))
+    scale = np.array([canvas_w / width, canvas_h / height], np.float32)
+    frames = np.empty((points.shape[0], height, width, 3), np.uint8)
+    for i in range(points.shape[0]):
+        canvas = draw_frame(np.zeros((canvas_h, canvas_w, 3), np.uint8), points[i] * scale, visible[i], style)
+        frames[i] = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR)
     return frames

@@ -59,8 +59,8 @@ def render_track(model: BodyModel, track: EHMTrack, modes: Sequence[str] = ("hyb
     ``peer_pipeline`` also applies the consumer's own pipeline around the drawing where it has one (unianimate:
     keypoints normalised by the track's frame and stretched onto its 512×768 canvas, a JPEG round trip at
     quality 95, then a bilinear resize to the output size as its loader does; which keypoints are hidden is still
-    judged on the output frame); otherwise keypoints are drawn losslessly on the output frame, lined up with the
-    other modes.
+    judged on the output frame; dwpose: drawn at 512 px short side and resized, as DWPose's annotator does);
+    otherwise keypoints are drawn losslessly on the output frame, lined up with the other modes.
     ``as_uint8`` returns 0..255 frames (what video files take; skips a float conversion of the drawn modes).
     """
     unknown = [m for m in modes if m not in MODES]
@@ -194,6 +194,8 @@ class _FrameRenderer:
             if self.source_size is not None and pose_style.canvas is not None:
                 source = project_camera_points(camera_points, source_focal.to(self.device), self.source_size)
                 canvases = draw.peer_frames(source.cpu().numpy(), vis, pose_style, self.source_size, self.size)
+            elif self.source_size is not None and pose_style.draw_short_side is not None:
+                canvases = draw.short_side_frames(points, vis, pose_style, self.size)
             else:
                 canvases = np.zeros((points.shape[0], height, width, 3), np.uint8)
                 for i in range(canvases.shape[0]):
