@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..emosh import retarget
 from ..emosh.align import spatial_align
+from ..emosh.errors import InputError
 from ..emosh.render import renderer
 from ..emosh.render.draw import KEYPOINT_STYLES
 from .common import (ROOT_CATEGORY, EhmModel, EhmTrack, Progress, as_image, check_image, image_to_uint8,
@@ -124,6 +125,11 @@ class SpatialAlign(io.ComfyNode):
                              mask_from_float(aligned.reference_mask[None]))
 
 
+# The renderer's modes beyond the five fixed outputs, one at a time on the 'extra' output (appended last, so
+# workflows saved with five outputs keep their links).
+EXTRA_MODES = tuple(m for m in renderer.MODES if m not in ("hybrid", "keypoints", "normal", "depth", "mask"))
+
+
 class MeshConditionRenderer(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -149,6 +155,12 @@ class MeshConditionRenderer(io.ComfyNode):
                                        "UniAnimate reads it)."),
                 io.Int.Input("batch_size", default=8, min=1, max=256,
                              tooltip="Frames rendered at once (memory vs speed)."),
+                io.Combo.Input("extra_mode", options=list(EXTRA_MODES), default=EXTRA_MODES[0], optional=True,
+                               tooltip="What the 'extra' output renders: scail2_mask / scail2_mask_white (the body "
+                                       "in SCAIL-2's identity blue on black / white: WanSCAILToVideo's "
+                                       "pose_video_mask, and reference_image_mask from the reference track), scail "
+                                       "(SCAIL-Preview's 3D-capsule pose video, ~0.75 s a frame on a CPU), parts "
+                                       "(body-part colours)."),
             ],
             outputs=[
                 io.Image.Output(display_name="hybrid", tooltip="Shaded mesh + keypoints on white: the EMOSH hybrid "
@@ -157,13 +169,17 @@ class MeshConditionRenderer(io.ComfyNode):
                 io.Image.Output(display_name="normal", tooltip="Camera-space normals (RGB = XYZ)."),
                 io.Image.Output(display_name="depth", tooltip="Depth, near = bright."),
                 io.Mask.Output(display_name="mask", tooltip="The person's silhouette (1 = person)."),
+                io.Image.Output(display_name="extra", tooltip="The render chosen in extra_mode."),
             ],
         )
 
     @classmethod
     def execute(cls, body_model, track, width: int, height: int, keypoint_style: str,
-                batch_size: int) -> io.NodeOutput:
-        modes = ("hybrid", "keypoints", "normal", "depth", "mask")
+                batch_size: int, extra_mode: str | None = None) -> io.NodeOutput:
+        extra_mode = extra_mode or EXTRA_MODES[0]  # a prompt saved before the input existed
+        if extra_mode not in EXTRA_MODES:
+            raise InputError(f"extra_mode must be one of {EXTRA_MODES}, got {extra_mode!r}")
+        modes = ("hybrid", "keypoints", "normal", "depth", "mask", extra_mode)
         bar = Progress(track.num_frames)
         chunks: dict[str, list[torch.Tensor]] = {m: [] for m in modes}
         for batch in renderer.render_track(body_model, track, modes, width=width or None, height=height or None,
@@ -174,7 +190,8 @@ class MeshConditionRenderer(io.ComfyNode):
                 chunks[mode].append(mask_from_float(frames) if mode == "mask" else as_image(frames))
             bar.progress(batch.start + batch.frames[modes[0]].shape[0])
         out = {m: torch.cat(chunks[m]) for m in modes}
-        return io.NodeOutput(out["hybrid"], out["keypoints"], out["normal"], out["depth"], out["mask"])
+        return io.NodeOutput(out["hybrid"], out["keypoints"], out["normal"], out["depth"], out["mask"],
+                             out[extra_mode])
 
 
 NODES = [ShapeSwapRetarget, SpatialAlign, MeshConditionRenderer]

@@ -163,9 +163,12 @@ def test_body_edit_mix_render_nodes(anny):
     eyes = edit.expression_groups(anny)["eyes"]
     assert torch.equal(mixed.expression[:, eyes], track.expression[:, eyes])
 
-    hybrid, keypoints, normal, depth, mask = _check_outputs(
-        M["EmoshMeshConditionRenderer"], M["EmoshMeshConditionRenderer"].execute(anny, track, 64, 48, "dwpose", 3))
+    hybrid, keypoints, normal, depth, mask, extra = _check_outputs(
+        M["EmoshMeshConditionRenderer"],
+        M["EmoshMeshConditionRenderer"].execute(anny, track, 64, 48, "dwpose", 3, extra_mode="scail2_mask"))
     assert hybrid.shape == (4, 48, 64, 3) and mask.shape == (4, 48, 64)
+    assert torch.equal(extra[mask > 0.5], torch.tensor([0.0, 0.0, 1.0]).expand(int((mask > 0.5).sum()), 3))
+    assert float(extra[mask <= 0.5].abs().max()) == 0.0, "scail2_mask: the body in blue on black"
     person = mask > 0.5
     assert 0.02 < float(person.float().mean()) < 0.9, "the person must be in the picture"
     assert float((hybrid[person] - 1.0).abs().mean()) > 0.05, "the shaded mesh is not white"

@@ -308,7 +308,8 @@ FACE_CLIPS = ("video_talking_gestures_man_1.mp4", "video_laughing_woman_dancing_
 def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
     """Correlation of fitted facial actions with raw detected face geometry, over frames with a detected face:
     jawOpen with the inner-lip gap, each eye's blink with minus that eye's lid opening, the summed smiles with the
-    mouth width (distances divided by the detected face height, forehead 10 to chin 152)."""
+    mouth width (distances divided by the detected face height, forehead 10 to chin 152), each eye's horizontal gaze
+    (look out − look in) with where its detected iris sits between the eye corners."""
     face = LANDMARK_GROUPS["face"][0]
     lm = track.landmarks2d.cpu().numpy()
     ok = (track.confidence[:, face:].cpu().numpy() > 0).all(1)
@@ -317,10 +318,17 @@ def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
     e = track.expression.cpu().numpy()[ok]
     act = lambda name: e[:, labels.index(name)]  # noqa: E731
     corr = lambda a, b: round(float(np.corrcoef(a, b)[0, 1]), 3)  # noqa: E731
+    def iris_out(iris: int, inner: int, outer: int) -> np.ndarray:
+        """How far the iris sits towards the eye's outer corner: 0 at the inner corner, 1 at the outer one."""
+        axis = lm[ok, face + outer] - lm[ok, face + inner]
+        return ((lm[ok, face + iris] - lm[ok, face + inner]) * axis).sum(1) / (axis * axis).sum(1)
+
     return dict(jaw_vs_lip_gap=corr(act("jawOpen"), dist(13, 14) / height),
                 blink_left_vs_eye_opening=corr(act("eyeBlinkLeft"), -dist(386, 374) / height),
                 blink_right_vs_eye_opening=corr(act("eyeBlinkRight"), -dist(159, 145) / height),
                 smile_vs_mouth_width=corr(act("mouthSmileLeft") + act("mouthSmileRight"), dist(61, 291) / height),
+                gaze_left_vs_iris=corr(act("eyeLookOutLeft") - act("eyeLookInLeft"), iris_out(473, 362, 263)),
+                gaze_right_vs_iris=corr(act("eyeLookOutRight") - act("eyeLookInRight"), iris_out(468, 133, 33)),
                 face_frames=int(ok.sum()))
 
 

@@ -33,8 +33,9 @@ FACE = slice(*LANDMARK_GROUPS["face"])
 # Face-mesh silhouette points: they slide over the cheeks as the head turns, so they are trusted less.
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148,
              176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
-# Face-mesh lips and eyelids: the points whose shape within the face is the expression (jaw, smile, blinks).
-FACE_DETAIL = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409, 78, 95,
+# Face-mesh lips, eyelids and irises: the points whose shape within the face is the expression (jaw, smile,
+# blinks, gaze).
+FACE_DETAIL = list(range(468, 478)) + [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409, 78, 95,
                88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415,
                263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 385, 384, 398,
                33, 7, 163, 144, 145, 153, 154, 155, 133, 246, 161, 160, 159, 158, 157, 173]
