@@ -21,6 +21,7 @@ from helpers import node_classes, pack_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+CPU_WORKFLOW = REPO / "workflows" / "EMOSH 1 Preview on CPU (no model files).json"  # runs without model files
 CORE_FILE = Path(__file__).parent / "data" / "core-nodes-0.3.64.json"
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # exist in the frontend only, never executed
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -257,9 +258,16 @@ def schemas():
     return load_schemas()
 
 
-def test_the_four_workflows_exist():
-    assert [p.name for p in WORKFLOWS] == ["emosh_full.json", "emosh_preview_cpu.json", "emosh_vace_control.json",
-                                           "emosh_wan_animate.json"]
+def test_the_four_workflows_exist_with_thumbnails_the_cpu_one_first():
+    """The frontend's template cards take title and description from the file name and the thumbnail from
+    <name>.jpg beside it; the numbers order them (the one that needs no model files first)."""
+    assert [p.stem for p in WORKFLOWS] == [CPU_WORKFLOW.stem, "EMOSH 2 Wan 2.2 Animate (native nodes)",
+                                           "EMOSH 3 Wan 2.1 VACE control",
+                                           "EMOSH 4 Full pipeline (Hybrid Motion Injector)"]
+    for path in WORKFLOWS:
+        assert not set("-_") & set(path.stem), "the frontend shows - and _ as spaces in the description"
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file() and thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", f"{thumbnail.name} is no JPEG"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -281,7 +289,7 @@ def test_workflow_is_valid_ui_format(path, schemas):
 
 
 def test_validator_catches_broken_workflows(schemas):
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(CPU_WORKFLOW.read_text())
     broken = json.loads(json.dumps(workflow))
     tracker = next(n for n in broken["nodes"] if n["type"] == "EmoshTracker")
     tracker["widgets_values"][list(widget_layout("EmoshTracker", schemas["EmoshTracker"])).index("smoothing")] = 99.0
@@ -304,7 +312,7 @@ def test_workflows_without_a_newer_optional_widget_still_validate(schemas):
     newer = json.loads(json.dumps(schemas))
     newer["CreateVideo"]["optional"]["bit_depth"] = {"type": "INT", "default": 8, "min": 8, "max": 10}
     newer["CreateVideo"]["order"].append(("optional", "bit_depth"))
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(CPU_WORKFLOW.read_text())
     assert check_workflow(workflow, newer) == []
     create = next(n for n in workflow["nodes"] if n["type"] == "CreateVideo")
     create["widgets_values"] = [30.0, 10]
@@ -315,7 +323,7 @@ def test_workflows_without_a_newer_optional_widget_still_validate(schemas):
 
 
 def test_ui_to_api_matches_the_node_signatures(schemas):
-    workflow = json.loads((REPO / "workflows" / "emosh_wan_animate.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "EMOSH 2 Wan 2.2 Animate (native nodes).json").read_text())
     prompt = ui_to_api(workflow, schemas)
     assert not any(v["class_type"] in FRONTEND_ONLY for v in prompt.values())
     ksampler = next(v for v in prompt.values() if v["class_type"] == "KSampler")
@@ -404,7 +412,7 @@ def test_cpu_workflow_runs_headless_and_writes_a_video(tmp_path, monkeypatch, as
     cpu_workflow_inputs(tmp_path / "input", astronaut_path, carphone_path)
     (tmp_path / "output").mkdir()
     monkeypatch.chdir(tmp_path)  # outside ComfyUI the nodes use ./input and ./output
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(CPU_WORKFLOW.read_text())
     prompt = ui_to_api(workflow, schemas, {"Frames to use": {"length": 6}, "EmoshSpatialAlign": {"width": 256,
                                                                                                "height": 256}})
     core = _CoreStandIns(tmp_path / "input", tmp_path / "output")

@@ -93,7 +93,7 @@ async function fitAndShoot (path) {
 const results = []
 for (const name of names) {
   const workflow = await page.evaluate(async (n) => {
-    const response = await fetch(`/api/workflow_templates/emosh/${n}.json`)
+    const response = await fetch(`/api/workflow_templates/emosh/${encodeURIComponent(n)}.json`)
     return response.ok ? await response.json() : null
   }, name)
   if (workflow === null) {

@@ -16,7 +16,10 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -58,8 +61,8 @@ def write_portrait_media(source: Path, video_path: Path, image_path: Path, frame
 
 
 @pytest.fixture(scope="module")
-def frontend(tmp_path_factory, astronaut_path, carphone_path) -> dict:
-    """The probe's report for every workflow, with the server's base dir."""
+def frontend(tmp_path_factory, astronaut_path, carphone_path) -> Iterator[dict]:
+    """The probe's report for every workflow, with the server (kept running for the module) and its base dir."""
     base = comfy_base_dir(tmp_path_factory.mktemp("comfy_base"), PACK_LINK, WORKFLOWS)
     (base / "input").mkdir()
     shutil.copy(astronaut_path, base / "input" / "reference.png")
@@ -73,10 +76,10 @@ def frontend(tmp_path_factory, astronaut_path, carphone_path) -> dict:
                                str(tmp_path_factory.mktemp("chromium_profile")), str(shots), PORTRAIT, PORTRAIT_IMAGE,
                                *[p.stem for p in WORKFLOWS]],
                               cwd=HERE, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
-    assert done.returncode == 0, f"probe failed:\n{done.stderr[-4000:]}"
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"results": {r["name"]: r for r in report["results"]}, "page_errors": report["pageErrors"],
-            "base": base, "templates": templates, "shots": shots}
+        assert done.returncode == 0, f"probe failed:\n{done.stderr[-4000:]}"
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        yield {"results": {r["name"]: r for r in report["results"]}, "page_errors": report["pageErrors"],
+               "base": base, "url": url, "templates": templates}
 
 
 def overlaps(nodes: list[dict]) -> list[str]:
@@ -150,7 +153,9 @@ def test_the_checks_catch_a_broken_layout():
     assert out_of_range([node]) == ["'a'.steps=0 outside [1, 10]", "'a'.mode='x' is not one of ['y']"]
 
 
-def test_templates_have_thumbnails_and_the_cpu_workflow_comes_first(frontend):
-    assert sorted(frontend["templates"]) == sorted(p.stem for p in WORKFLOWS)
-    for path in WORKFLOWS:
-        assert path.with_suffix(".jpg").is_file(), f"no thumbnail {path.with_suffix('.jpg').name}"
+def test_every_template_thumbnail_is_served(frontend):
+    """The template browser asks for /api/workflow_templates/emosh/<name>.jpg for each card."""
+    assert sorted(frontend["templates"]) == [p.stem for p in WORKFLOWS]
+    for name in frontend["templates"]:
+        with urllib.request.urlopen(f"{frontend['url']}/api/workflow_templates/{PACK_LINK}/{quote(name)}.jpg") as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:3] == b"\xff\xd8\xff", name

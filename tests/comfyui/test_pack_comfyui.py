@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -94,8 +95,8 @@ def test_object_info_serves_every_node_with_its_types(server):
     # the workflows are offered as the pack's templates (Workflow → Browse Templates), and served for loading
     templates = http_get(f"{server['url']}/workflow_templates")
     assert sorted(templates.get(PACK_LINK, [])) == sorted(p.stem for p in tw.WORKFLOWS)
-    served = http_get(f"{server['url']}/api/workflow_templates/{PACK_LINK}/emosh_preview_cpu.json")
-    assert served == json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    served = http_get(f"{server['url']}/api/workflow_templates/{PACK_LINK}/{quote(tw.CPU_WORKFLOW.name)}")
+    assert served == json.loads(tw.CPU_WORKFLOW.read_text())
 
 
 def test_the_comfy_api_stand_in_matches_the_real_one():
@@ -145,7 +146,7 @@ def test_cpu_workflow_runs_over_http_and_writes_a_video(server):
     from emosh.video import probe_video, read_frames
 
     info = http_get(f"{server['url']}/object_info", timeout=120)
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(tw.CPU_WORKFLOW.read_text())
     prompt = tw.ui_to_api(workflow, tw.load_schemas(info),
                           {"Frames to use": {"length": 6}, "EmoshSpatialAlign": {"width": 256, "height": 256}})
     status, answer = http_post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
@@ -180,7 +181,7 @@ def test_cpu_workflow_runs_over_http_and_writes_a_video(server):
 def test_interrupt_stops_a_long_tracking_run(server):
     """POST /interrupt while the tracker works through a whole clip: the run ends as interrupted, not finished."""
     info = http_get(f"{server['url']}/object_info", timeout=120)
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(tw.CPU_WORKFLOW.read_text())
     prompt = tw.ui_to_api(workflow, tw.load_schemas(info),
                           {"Frames to use": {"length": 4096}, "EmoshSpatialAlign": {"width": 128, "height": 128},
                            "EHM Tracker (driving)": {"iterations": 2000}})  # minutes of tracking even on idle cores
