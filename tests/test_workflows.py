@@ -288,6 +288,40 @@ def test_workflow_is_valid_ui_format(path, schemas):
                 assert value in text, f"{value} is not explained in the note"
 
 
+MODEL_LOADERS = {"UNETLoader", "VAELoader", "CLIPVisionLoader", "CLIPLoader"}
+OUTPUT_NODES = {"SaveVideo", "PreviewImage"}
+
+
+def outputs_without_models(workflow: dict) -> list[str]:
+    """Active output nodes with no model loader upstream: ComfyUI runs every output that validates, so these would
+    run (minutes of tracking) even when the model files are missing."""
+    sources: dict[int, list[int]] = {}
+    for _, src, _, dst, *_ in workflow["links"]:
+        sources.setdefault(dst, []).append(src)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+
+    def upstream(node_id: int) -> set[int]:
+        found, todo = set(), [node_id]
+        while todo:
+            for src in sources.get(todo.pop(), []):
+                if src not in found:
+                    found.add(src)
+                    todo.append(src)
+        return found
+
+    return [n.get("title", n["type"]) for n in nodes.values() if n["type"] in OUTPUT_NODES
+            and n.get("mode", 0) not in MUTED and not {nodes[a]["type"] for a in upstream(n["id"])} & MODEL_LOADERS]
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p != CPU_WORKFLOW], ids=lambda p: p.stem)
+def test_a_missing_model_file_stops_a_gpu_workflow_before_any_work(path):
+    workflow = json.loads(path.read_text())
+    assert outputs_without_models(workflow) == []
+    preview = next(n for n in workflow["nodes"] if n.get("title") == "Tracking overlay")
+    preview["mode"] = 0
+    assert outputs_without_models(workflow) == ["Tracking overlay"]
+
+
 def test_validator_catches_broken_workflows(schemas):
     workflow = json.loads(CPU_WORKFLOW.read_text())
     broken = json.loads(json.dumps(workflow))
