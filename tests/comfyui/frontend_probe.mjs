@@ -19,8 +19,9 @@ const context = await chromium.launchPersistentContext(profile, {
   executablePath: executable, headless: true, args: CHROMIUM_ARGS, viewport: VIEWPORT
 })
 const page = context.pages()[0] ?? await context.newPage()
-const consoleErrors = []
-page.on('pageerror', (error) => consoleErrors.push(String(error)))
+const pageErrors = [] // uncaught errors in the page, each with the workflow and stage it happened in
+let current = 'start-up'
+page.on('pageerror', (error) => pageErrors.push(`${current}: ${error}`))
 await page.goto(url)
 await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types?.EmoshTracker,
   null, { timeout: 120000 })
@@ -32,6 +33,7 @@ await page.evaluate(async () => { // the minimap would cover a corner of every s
 
 // Everything the test checks, read from the frontend (geometry after it has sized and drawn the nodes).
 async function snapshot (stage, name) {
+  current = `${name} ${stage}`
   await page.evaluate(async () => {
     for (let i = 0; i < 10; i++) {
       window.app.canvas.setDirty(true, true)
@@ -100,6 +102,7 @@ for (const name of names) {
     results.push({ name, error: 'template not served' })
     continue
   }
+  current = `${name} loading`
   await page.evaluate(async ([w, n]) => { await window.app.loadGraphData(w, true, true, n) }, [workflow, name])
   await page.waitForTimeout(SETTLE_MS)
   const stages = [await snapshot('loaded', name)]
@@ -116,6 +119,7 @@ for (const name of names) {
   await page.waitForTimeout(3 * SETTLE_MS) // the preview element loads the clip and the node grows to it
   stages.push({ ...await snapshot('portrait', name), videos })
 
+  current = `${name} after run`
   await page.evaluate(([video, image]) => {
     const shown = { SaveVideo: { images: [{ filename: video, subfolder: '', type: 'input' }], animated: [true] },
       PreviewImage: { images: [{ filename: image, subfolder: '', type: 'input' }] } }
@@ -131,5 +135,5 @@ for (const name of names) {
   const prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output)
   results.push({ name, stages, prompt })
 }
-console.log(JSON.stringify({ results, pageErrors: consoleErrors }))
+console.log(JSON.stringify({ results, pageErrors }))
 await context.close()

@@ -139,7 +139,10 @@ def test_the_prompts_the_frontend_builds_pass_validate_prompt(frontend):
         assert result["ok"] is True and result["node_errors"] == {}, f"{name}: {result}"
         saves = {k for k, v in prompts[name].items() if v["class_type"] == "SaveVideo"}
         assert saves and saves <= set(result["outputs"]), name
-    assert frontend["page_errors"] == []
+    # the frontend's own code must not fail on loading a workflow or choosing a video; errors before any workflow
+    # (1.27.10 throws one at start-up) or on the after-run stage's stand-in "executed" event are not ours
+    ours = [e for e in frontend["page_errors"] if not e.startswith("start-up") and "after run" not in e]
+    assert ours == []
 
 
 def test_the_checks_catch_a_broken_layout():
