@@ -6,10 +6,17 @@ code twice and couples unrelated tests).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
+import json
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -54,6 +61,19 @@ def synthetic_track(model=None, frames: int = 6, size: tuple[int, int] = (240, 3
     )
     fields.update(overrides)
     return EHMTrack(**fields)
+
+
+# ---------------------------------------------------------------------------------------------- workflows
+MINIMUM_COMFYUI = "0.3.64"  # the pack's own minimum; a workflow needing more says so in extra.emosh.requires_comfyui
+
+
+def required_comfyui(workflow: dict) -> str:
+    """The ComfyUI version a UI-format workflow needs (SCAIL-2's core nodes arrived after 0.3.64)."""
+    return workflow.get("extra", {}).get("emosh", {}).get("requires_comfyui", MINIMUM_COMFYUI)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 # ---------------------------------------------------------------------------------------------- nodes
@@ -136,3 +156,110 @@ def moving_video(frames: int, size: int = 32) -> torch.Tensor:
     x = torch.linspace(0, 1, size).view(1, 1, -1, 1)
     return torch.cat([((x + t) % 1).expand(frames, size, size, 1), y.expand(frames, size, size, 1),
                       (0.5 + 0.5 * torch.sin(6 * (x + y + t))).expand(frames, size, size, 1)], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- a real ComfyUI
+COMFY_START_TIMEOUT = 240
+MODEL_LOADERS = {"UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPVisionLoader": "clip_vision",
+                 "CLIPLoader": "text_encoders"}  # loader node → the model folder its first widget names a file in
+
+
+def http_get(url: str, timeout: float = 30) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def http_post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read()
+            return response.status, json.loads(body) if body.strip() else {}
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def comfy_base_dir(base: Path, pack_link: str, workflows: list[Path]) -> Path:
+    """A ComfyUI ``--base-directory``: the pack linked into custom_nodes/, and a placeholder file for every model
+    file the workflows name (their combos validate; nothing ever loads them)."""
+    (base / "custom_nodes").mkdir(parents=True)
+    (base / "custom_nodes" / pack_link).symlink_to(REPO, target_is_directory=True)
+    for path in workflows:
+        for node in json.loads(path.read_text())["nodes"]:
+            if node["type"] in MODEL_LOADERS:
+                folder = base / "models" / MODEL_LOADERS[node["type"]]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / node["widgets_values"][0]).write_bytes(b"placeholder: validation only, never executed")
+    return base
+
+
+@contextlib.contextmanager
+def comfy_server(comfy_path: str, base: Path):
+    """A real ComfyUI server (``main.py --cpu``) on a free port over ``base``; yields its URL and log file, and
+    stops it (only this process) afterwards."""
+    import pytest
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = base / "comfyui.log"
+    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+               "--disable-auto-launch", "--base-directory", str(base), "--database-url", "sqlite:///:memory:"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=comfy_path, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + COMFY_START_TIMEOUT
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                http_get(f"{url}/system_stats", timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI did not answer within {COMFY_START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
+                time.sleep(1)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+_VALIDATE_SCRIPT = r"""
+import asyncio, json, sys
+comfy_path, base, pack_link, prompts_file = sys.argv[1:5]
+sys.path.insert(0, comfy_path)
+import utils.extra_config  # as main.py does first: claims the name "utils" before comfy/utils.py can
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import folder_paths
+folder_paths.set_input_directory(base + "/input")
+folder_paths.set_output_directory(base + "/output")
+for name in ("diffusion_models", "vae", "clip_vision", "text_encoders"):
+    folder_paths.add_model_folder_path(name, base + "/models/" + name, is_default=True)
+import execution, nodes
+asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+assert asyncio.run(nodes.load_custom_node(base + "/custom_nodes/" + pack_link, set(nodes.NODE_CLASS_MAPPINGS)))
+results = {}
+for name, prompt in json.load(open(prompts_file)).items():
+    ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(name, prompt, None))
+    results[name] = {"ok": ok, "error": error, "outputs": sorted(outputs), "node_errors": node_errors}
+print("RESULT " + json.dumps(results, default=str))
+"""
+
+
+def comfy_validate_prompts(comfy_path: str, base: Path, pack_link: str, prompts: dict[str, dict]) -> dict:
+    """ComfyUI's own ``execution.validate_prompt`` of each API prompt, in a separate ComfyUI process over ``base``:
+    name → {"ok", "error", "outputs", "node_errors"}."""
+    prompts_file = base / "prompts.json"
+    prompts_file.write_text(json.dumps(prompts))
+    done = subprocess.run([sys.executable, "-c", _VALIDATE_SCRIPT, comfy_path, str(base), pack_link,
+                           str(prompts_file)], cwd=comfy_path, capture_output=True, text=True, timeout=600)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, f"validation process failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    return json.loads(line[len("RESULT "):])

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import node_classes, pack_nodes
+from helpers import MINIMUM_COMFYUI, node_classes, pack_nodes, required_comfyui
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+CPU_WORKFLOW = REPO / "workflows" / "EMOSH 1 Preview on CPU (no model files).json"  # runs without model files
 # Interface facts (GET /object_info of a stock ComfyUI, no custom nodes) per version a workflow may require.
 CORE_FILES = {version: Path(__file__).parent / "data" / f"core-nodes-{version}.json" for version in ("0.3.64", "0.27.0")}
-MINIMUM_COMFYUI = "0.3.64"  # the pack's own minimum; a workflow needing more says so in extra.emosh.requires_comfyui
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # exist in the frontend only, never executed
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_WIDGETS = {("LoadImage", "image"), ("LoadVideo", "file")}  # the frontend adds an "upload" widget after these
@@ -79,15 +79,6 @@ def _normalise_live(info: dict) -> dict:
         out["order"] += [(section, n) for n in info.get("input_order", {}).get(section, info["input"].get(section,
                                                                                                           {}))]
     return out
-
-
-def required_comfyui(workflow: dict) -> str:
-    """The ComfyUI version a workflow needs (SCAIL-2's core nodes arrived after 0.3.64)."""
-    return workflow.get("extra", {}).get("emosh", {}).get("requires_comfyui", MINIMUM_COMFYUI)
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
 
 
 def load_schemas(object_info: dict | None = None, version: str = MINIMUM_COMFYUI) -> dict[str, dict]:
@@ -269,9 +260,17 @@ def schemas():
     return load_schemas()
 
 
-def test_the_workflows_exist():
-    assert [p.name for p in WORKFLOWS] == ["emosh_full.json", "emosh_preview_cpu.json", "emosh_scail2.json",
-                                           "emosh_vace_control.json", "emosh_wan_animate.json"]
+def test_the_workflows_exist_with_thumbnails_the_cpu_one_first():
+    """The frontend's template cards take title and description from the file name and the thumbnail from
+    <name>.jpg beside it; the numbers order them (the one that needs no model files first)."""
+    assert [p.stem for p in WORKFLOWS] == [CPU_WORKFLOW.stem, "EMOSH 2 Wan 2.2 Animate (native nodes)",
+                                           "EMOSH 3 Wan 2.1 VACE control",
+                                           "EMOSH 4 Full pipeline (Hybrid Motion Injector)",
+                                           "EMOSH 5 SCAIL2 (ComfyUI 0.27 or newer)"]
+    for path in WORKFLOWS:
+        assert not set("-_") & set(path.stem), "the frontend shows - and _ as spaces in the description"
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file() and thumbnail.read_bytes()[:3] == b"\xff\xd8\xff", f"{thumbnail.name} is no JPEG"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -292,8 +291,42 @@ def test_workflow_is_valid_ui_format(path):
                 assert value in text, f"{value} is not explained in the note"
 
 
+MODEL_LOADERS = {"UNETLoader", "VAELoader", "CLIPVisionLoader", "CLIPLoader"}
+OUTPUT_NODES = {"SaveVideo", "PreviewImage"}
+
+
+def outputs_without_models(workflow: dict) -> list[str]:
+    """Active output nodes with no model loader upstream: ComfyUI runs every output that validates, so these would
+    run (minutes of tracking) even when the model files are missing."""
+    sources: dict[int, list[int]] = {}
+    for _, src, _, dst, *_ in workflow["links"]:
+        sources.setdefault(dst, []).append(src)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+
+    def upstream(node_id: int) -> set[int]:
+        found, todo = set(), [node_id]
+        while todo:
+            for src in sources.get(todo.pop(), []):
+                if src not in found:
+                    found.add(src)
+                    todo.append(src)
+        return found
+
+    return [n.get("title", n["type"]) for n in nodes.values() if n["type"] in OUTPUT_NODES
+            and n.get("mode", 0) not in MUTED and not {nodes[a]["type"] for a in upstream(n["id"])} & MODEL_LOADERS]
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p != CPU_WORKFLOW], ids=lambda p: p.stem)
+def test_a_missing_model_file_stops_a_gpu_workflow_before_any_work(path):
+    workflow = json.loads(path.read_text())
+    assert outputs_without_models(workflow) == []
+    preview = next(n for n in workflow["nodes"] if n.get("title") == "Tracking overlay")
+    preview["mode"] = 0
+    assert outputs_without_models(workflow) == ["Tracking overlay"]
+
+
 def test_validator_catches_broken_workflows(schemas):
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(CPU_WORKFLOW.read_text())
     broken = json.loads(json.dumps(workflow))
     tracker = next(n for n in broken["nodes"] if n["type"] == "EmoshTracker")
     tracker["widgets_values"][list(widget_layout("EmoshTracker", schemas["EmoshTracker"])).index("smoothing")] = 99.0
@@ -316,7 +349,7 @@ def test_workflows_without_a_newer_optional_widget_still_validate(schemas):
     newer = json.loads(json.dumps(schemas))
     newer["CreateVideo"]["optional"]["bit_depth"] = {"type": "INT", "default": 8, "min": 8, "max": 10}
     newer["CreateVideo"]["order"].append(("optional", "bit_depth"))
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(CPU_WORKFLOW.read_text())
     assert check_workflow(workflow, newer) == []
     create = next(n for n in workflow["nodes"] if n["type"] == "CreateVideo")
     create["widgets_values"] = [30.0, 10]
@@ -327,7 +360,7 @@ def test_workflows_without_a_newer_optional_widget_still_validate(schemas):
 
 
 def test_ui_to_api_matches_the_node_signatures(schemas):
-    workflow = json.loads((REPO / "workflows" / "emosh_wan_animate.json").read_text())
+    workflow = json.loads((REPO / "workflows" / "EMOSH 2 Wan 2.2 Animate (native nodes).json").read_text())
     prompt = ui_to_api(workflow, schemas)
     assert not any(v["class_type"] in FRONTEND_ONLY for v in prompt.values())
     ksampler = next(v for v in prompt.values() if v["class_type"] == "KSampler")
@@ -416,7 +449,7 @@ def test_cpu_workflow_runs_headless_and_writes_a_video(tmp_path, monkeypatch, as
     cpu_workflow_inputs(tmp_path / "input", astronaut_path, carphone_path)
     (tmp_path / "output").mkdir()
     monkeypatch.chdir(tmp_path)  # outside ComfyUI the nodes use ./input and ./output
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    workflow = json.loads(CPU_WORKFLOW.read_text())
     prompt = ui_to_api(workflow, schemas, {"Frames to use": {"length": 6}, "EmoshSpatialAlign": {"width": 256,
                                                                                                "height": 256}})
     core = _CoreStandIns(tmp_path / "input", tmp_path / "output")

@@ -14,21 +14,21 @@ import importlib.util
 import inspect
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+
+from helpers import (comfy_base_dir, comfy_server, comfy_validate_prompts, http_get, http_post, required_comfyui,
+                     version_tuple)
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 pytestmark = [pytest.mark.comfyui,
               pytest.mark.skipif(not COMFYUI_PATH, reason="set COMFYUI_PATH to a ComfyUI checkout to run these")]
 REPO = Path(__file__).resolve().parents[2]
 PACK_LINK = "emosh"
-START_TIMEOUT = 240
 RUN_TIMEOUT = 900
 
 
@@ -45,81 +45,18 @@ def _load_by_path(name: str, path: Path):
 tw = _load_by_path("emosh_test_workflows", REPO / "tests" / "test_workflows.py")  # the UI-format helpers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 30) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def _post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = response.read()
-            return response.status, json.loads(body) if body.strip() else {}
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-def _weights_named_by_workflows() -> dict[str, set[str]]:
-    """Model folder → file names the GPU workflows select (placeholders make their combos valid)."""
-    folders = {"UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPVisionLoader": "clip_vision",
-               "CLIPLoader": "text_encoders"}
-    wanted: dict[str, set[str]] = {}
-    for path in tw.WORKFLOWS:
-        for node in json.loads(path.read_text())["nodes"]:
-            if node["type"] in folders:
-                wanted.setdefault(folders[node["type"]], set()).add(node["widgets_values"][0])
-    return wanted
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory, astronaut_path, carphone_path) -> Path:
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_LINK).symlink_to(REPO, target_is_directory=True)
+    base = comfy_base_dir(tmp_path_factory.mktemp("comfy_base"), PACK_LINK, tw.WORKFLOWS)
     tw.cpu_workflow_inputs(base / "input", astronaut_path, carphone_path)
-    for folder, names in _weights_named_by_workflows().items():
-        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
-        for name in names:
-            (base / "models" / folder / name).write_bytes(b"placeholder: validation only, never executed")
     return base
 
 
 @pytest.fixture(scope="module")
 def server(base_dir):
     """A real ComfyUI server on a free port; stopped (only this process) at the end of the module."""
-    port = _free_port()
-    log = base_dir / "comfyui.log"
-    command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--disable-auto-launch", "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=COMFYUI_PATH, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"ComfyUI exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            _get(f"{url}/system_stats", timeout=5)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.terminate()
-                pytest.fail(f"ComfyUI did not answer within {START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-    yield {"url": url, "log": log, "base": base_dir}
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with comfy_server(COMFYUI_PATH, base_dir) as (url, log):
+        yield {"url": url, "log": log, "base": base_dir}
 
 
 def test_pack_loads_without_import_errors(server):
@@ -130,7 +67,7 @@ def test_pack_loads_without_import_errors(server):
 
 
 def test_object_info_serves_every_node_with_its_types(server):
-    info = _get(f"{server['url']}/object_info", timeout=120)
+    info = http_get(f"{server['url']}/object_info", timeout=120)
     ours = tw.node_classes()
     assert set(ours) <= set(info), sorted(set(ours) - set(info))
     for name, cls in ours.items():
@@ -153,14 +90,14 @@ def test_object_info_serves_every_node_with_its_types(server):
                     assert got[0] == item.io_type, f"{name}.{item.id}: {got[0]} != {item.io_type}"
                 assert got[1].get("tooltip") == item.tooltip
     # the model folder is registered (users put EMOSH files in models/emosh/)
-    assert _get(f"{server['url']}/models/emosh") == []
+    assert http_get(f"{server['url']}/models/emosh") == []
     track_file = tw.load_schemas({"EmoshTrackLoad": info["EmoshTrackLoad"]})["EmoshTrackLoad"]["required"]["track_file"]
     assert track_file["options"] == [""]  # no tracks in input/ yet (V3 serves the options inside, V1 as the type)
     # the workflows are offered as the pack's templates (Workflow → Browse Templates), and served for loading
-    templates = _get(f"{server['url']}/workflow_templates")
+    templates = http_get(f"{server['url']}/workflow_templates")
     assert sorted(templates.get(PACK_LINK, [])) == sorted(p.stem for p in tw.WORKFLOWS)
-    served = _get(f"{server['url']}/api/workflow_templates/{PACK_LINK}/emosh_preview_cpu.json")
-    assert served == json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    served = http_get(f"{server['url']}/api/workflow_templates/{PACK_LINK}/{quote(tw.CPU_WORKFLOW.name)}")
+    assert served == json.loads(tw.CPU_WORKFLOW.read_text())
 
 
 def test_the_comfy_api_stand_in_matches_the_real_one():
@@ -190,67 +127,40 @@ def test_the_comfy_api_stand_in_matches_the_real_one():
         assert hasattr(real.io.ComfyNode, method)
 
 
-VALIDATE_SCRIPT = r"""
-import asyncio, json, sys
-comfy_path, base, prompts_file = sys.argv[1:4]
-sys.path.insert(0, comfy_path)
-import utils.extra_config  # as main.py does first: claims the name "utils" before comfy/utils.py can
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-import folder_paths
-folder_paths.set_input_directory(base + "/input")
-folder_paths.set_output_directory(base + "/output")
-for name in ("diffusion_models", "vae", "clip_vision", "text_encoders"):
-    folder_paths.add_model_folder_path(name, base + "/models/" + name, is_default=True)
-import execution, nodes
-asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-assert asyncio.run(nodes.load_custom_node(base + "/custom_nodes/emosh", set(nodes.NODE_CLASS_MAPPINGS)))
-results = {}
-for name, prompt in json.load(open(prompts_file)).items():
-    ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt(name, prompt, None))
-    results[name] = {"ok": ok, "error": error, "outputs": sorted(outputs), "node_errors": node_errors}
-print("RESULT " + json.dumps(results, default=str))
-"""
-
-
 def test_workflows_pass_comfyui_validate_prompt(server):
-    info = _get(f"{server['url']}/object_info", timeout=120)
-    version = _get(f"{server['url']}/system_stats")["system"]["comfyui_version"]
+    info = http_get(f"{server['url']}/object_info", timeout=120)
+    version = http_get(f"{server['url']}/system_stats")["system"]["comfyui_version"]
     schemas = tw.load_schemas(info)
     prompts = {}
     for path in tw.WORKFLOWS:
         workflow = json.loads(path.read_text())
-        if tw.version_tuple(version) < tw.version_tuple(tw.required_comfyui(workflow)):
+        if version_tuple(version) < version_tuple(required_comfyui(workflow)):
             continue  # e.g. the SCAIL-2 workflow on 0.3.64, which has no WanSCAILToVideo
         assert tw.check_workflow(workflow, schemas) == [], path.name  # also against the live node list
         prompts[path.stem] = tw.ui_to_api(workflow, schemas)
-    prompts_file = server["base"] / "prompts.json"
-    prompts_file.write_text(json.dumps(prompts))
-    done = subprocess.run([sys.executable, "-c", VALIDATE_SCRIPT, COMFYUI_PATH, str(server["base"]),
-                           str(prompts_file)], cwd=COMFYUI_PATH, capture_output=True, text=True, timeout=600)
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-    assert line, f"validation process failed ({done.returncode}):\n{done.stderr[-4000:]}"
-    results = json.loads(line[len("RESULT "):])
+    results = comfy_validate_prompts(COMFYUI_PATH, server["base"], PACK_LINK, prompts)
     for name, result in results.items():
         assert result["ok"] is True and result["node_errors"] == {}, f"{name}: {result}"
         expected = {k for k, v in prompts[name].items() if v["class_type"] == "SaveVideo"}
         assert expected <= set(result["outputs"]), name
-    assert set(results) == set(prompts) and ("emosh_scail2" in results) == (tw.version_tuple(version) >= (0, 27))
+    runnable = {p.stem for p in tw.WORKFLOWS
+                if version_tuple(version) >= version_tuple(required_comfyui(json.loads(p.read_text())))}
+    assert set(results) == set(prompts) == runnable
 
 
 def test_cpu_workflow_runs_over_http_and_writes_a_video(server):
     from emosh.video import probe_video, read_frames
 
-    info = _get(f"{server['url']}/object_info", timeout=120)
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    info = http_get(f"{server['url']}/object_info", timeout=120)
+    workflow = json.loads(tw.CPU_WORKFLOW.read_text())
     prompt = tw.ui_to_api(workflow, tw.load_schemas(info),
                           {"Frames to use": {"length": 6}, "EmoshSpatialAlign": {"width": 256, "height": 256}})
-    status, answer = _post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
+    status, answer = http_post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
     assert status == 200 and answer.get("node_errors") == {}, answer
     prompt_id = answer["prompt_id"]
     deadline = time.monotonic() + RUN_TIMEOUT
     while True:
-        history = _get(f"{server['url']}/history/{prompt_id}")
+        history = http_get(f"{server['url']}/history/{prompt_id}")
         entry = history.get(prompt_id)
         if entry and entry.get("status", {}).get("completed") is not None and (
                 entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
@@ -276,21 +186,21 @@ def test_cpu_workflow_runs_over_http_and_writes_a_video(server):
 
 def test_interrupt_stops_a_long_tracking_run(server):
     """POST /interrupt while the tracker works through a whole clip: the run ends as interrupted, not finished."""
-    info = _get(f"{server['url']}/object_info", timeout=120)
-    workflow = json.loads((REPO / "workflows" / "emosh_preview_cpu.json").read_text())
+    info = http_get(f"{server['url']}/object_info", timeout=120)
+    workflow = json.loads(tw.CPU_WORKFLOW.read_text())
     prompt = tw.ui_to_api(workflow, tw.load_schemas(info),
                           {"Frames to use": {"length": 4096}, "EmoshSpatialAlign": {"width": 128, "height": 128},
                            "EHM Tracker (driving)": {"iterations": 2000}})  # minutes of tracking even on idle cores
-    status, answer = _post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
+    status, answer = http_post(f"{server['url']}/prompt", {"prompt": prompt, "client_id": "emosh-tests"})
     assert status == 200 and answer.get("node_errors") == {}, answer
     prompt_id = answer["prompt_id"]
     deadline = time.monotonic() + RUN_TIMEOUT
-    while not _get(f"{server['url']}/queue")["queue_running"]:
+    while not http_get(f"{server['url']}/queue")["queue_running"]:
         assert time.monotonic() < deadline
         time.sleep(0.5)
     time.sleep(10)  # well inside the trackers (a whole clip takes minutes); the body model and video load first
-    _post(f"{server['url']}/interrupt", {})
-    while prompt_id not in (history := _get(f"{server['url']}/history/{prompt_id}")):
+    http_post(f"{server['url']}/interrupt", {})
+    while prompt_id not in (history := http_get(f"{server['url']}/history/{prompt_id}")):
         assert time.monotonic() < deadline, "the run neither finished nor stopped"
         time.sleep(1)
     entry = history[prompt_id]
