@@ -15,9 +15,10 @@ from typing import Sequence
 
 import torch
 
+from .body.camera import CameraKey, apply_camera_keys
+from .body.joints import expression_groups, eye_joints, hand_joints, limb_joints, slerp_rotvec
 from .body.model import BodyModel
 from .body.track import CONF_GATE, EHMTrack, seen_landmarks
-from .edit import CameraKey, apply_camera_keys, expression_groups, eye_joints, hand_joints, limb_joints, slerp_rotvec
 from .errors import InputError
 from .temporal import gaussian_filter
 
@@ -36,7 +37,7 @@ class RetargetOptions:
     ``parts``: which parts of the driver's motion to use; a disabled part rests (neutral face, relaxed hands, rest
     body, eyes straight ahead). ``scale_trajectory``: scale the root's travel by the leg-length ratio.
     ``keep_ground``: per frame, shift the body vertically so its lowest foot point matches the driver's.
-    ``camera_keys``: zoom/pan keyframes applied to the driver's camera (see ``emosh.edit.CameraKey``).
+    ``camera_keys``: zoom/pan keyframes applied to the driver's camera (see ``emosh.body.camera.CameraKey``).
     ``unseen_limbs_from_reference``: arms and legs the driver does not show (out of frame or hidden) take the
     reference's pose instead of the tracker's guess."""
 
