@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 from ..body.camera import project_camera_points
 from ..body.model import BodyModel
+from ..body.raster import Fragments, interpolate, rasterize
 from ..body.track import LANDMARK_GROUPS, EHMTrack
 from ..errors import InputError
-from ..render.raster import Fragments, interpolate, rasterize
 from ..render.renderer import rasterize_track
 
 MAX_REFERENCE_SIDE = 2048  # larger photos are reduced first: the atlas cannot hold more detail than this anyway
