@@ -355,9 +355,9 @@ def mesh_mask(model: BodyModel, track: EHMTrack) -> np.ndarray:
 def person_mask(image: np.ndarray) -> np.ndarray:
     """[H, W] bool person segmentation from MediaPipe's selfie segmenter: a network the fitter never sees (it
     fits the pose model's own mask), so the scores below are not the quantity it optimised."""
-    from ..track.detect import _import_mediapipe
+    from ..mediapipe_import import import_mediapipe
 
-    mp = _import_mediapipe()
+    mp = import_mediapipe()
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         return seg.process(np.ascontiguousarray(image)).segmentation_mask >= 0.5
 
