@@ -1,7 +1,8 @@
 """``python -m emosh <command>``: one sub-command per pipeline stage plus ``animate`` (the main job).
 
-Each command module exposes ``register(subparsers)`` which adds its parser and sets ``func(args) -> int``.
-Commands print a JSON summary as their last stdout line so scripts and benchmarks can parse them.
+Each command's parser lives beside the command: its module exposes ``register(subparsers)``, which adds the parser
+and sets ``func(args) -> dict``. This module only dispatches, and prints the returned summary as JSON on the last
+stdout line so scripts and benchmarks can parse it.
 """
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import importlib
 import json
 import sys
 
-COMMAND_MODULES = [  # one module per stage; each adds its sub-commands
-    "emosh.render.cli",
-    "emosh.track.cli",
-    "emosh.commands",
+COMMAND_MODULES = [  # the modules whose register() adds sub-commands, in the order --help lists them
+    "emosh.retarget",  # retarget
+    "emosh.render.cli",  # render
+    "emosh.track.cli",  # track
+    "emosh.commands",  # animate, demo
 ]
 
 
@@ -26,15 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import EmoshError
 
     try:
-        return int(args.func(args) or 0)
+        summary = args.func(args)
     except EmoshError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: no partial output was kept", file=sys.stderr)
         return 130
-
-
-def emit_summary(summary: dict) -> None:
-    """Print the machine-readable summary as the last stdout line."""
     print(json.dumps(summary, sort_keys=True), flush=True)
+    return 0

@@ -96,9 +96,8 @@ class _TqdmProgress:
             self._bar = None
 
 
-def _run(reference, driving, out, args, save_control=None, save_track=None, montage=None) -> int:
+def _run(reference, driving, out, args, save_control=None, save_track=None, montage=None) -> dict:
     from .animate import animate
-    from .cli import emit_summary
 
     progress = _TqdmProgress()
     try:
@@ -106,11 +105,10 @@ def _run(reference, driving, out, args, save_control=None, save_track=None, mont
                          montage=montage, progress=progress)
     finally:
         progress.close()
-    emit_summary(result.summary())
-    return 0
+    return result.summary()
 
 
-def run_animate(args) -> int:
+def run_animate(args) -> dict:
     return _run(args.reference, args.driving, args.out, args, args.save_control, args.save_track, args.montage)
 
 
@@ -134,7 +132,7 @@ def demo_inputs() -> tuple[Path, Path]:
     return reference, driving
 
 
-def run_demo(args) -> int:
+def run_demo(args) -> dict:
     reference, driving = demo_inputs()
     out_dir = Path(args.out_dir)
     return _run(reference, driving, out_dir / "animation.mp4", args, save_control=out_dir / "control.mp4",

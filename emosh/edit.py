@@ -7,71 +7,18 @@ path. Rotations are blended on the rotation manifold (roma), never by averaging 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import roma
 import torch
 
+from .body.camera import CameraKey, apply_camera_keys
+from .body.joints import eye_joints, expression_groups, hand_joints, head_joints, jaw_joints, slerp_rotvec
 from .body.model import BodyModel
 from .body.track import LANDMARK_GROUPS, EHMTrack
 from .errors import InputError
 
 FACE_PARTS = ("expression", "jaw", "eyes", "head")
-_HAND_WORDS = ("finger", "metacarpal", "wrist", "thumb", "index", "middle", "ring", "pinky")
-_HEAD_WORDS = ("neck", "head")
-_LIMB_WORDS = {
-    "arm": ("shoulder", "upperarm", "lowerarm", "elbow") + _HAND_WORDS,
-    "leg": ("upperleg", "lowerleg", "hip", "knee", "ankle", "foot", "toe"),
-}
-
-
-# ---------------------------------------------------------------------------------------------- label groups
-def hand_joints(model: BodyModel) -> list[int]:
-    """Pose rows of the wrists and every finger joint (both hands)."""
-    return [i for i, name in enumerate(model.pose_labels) if any(w in name.lower() for w in _HAND_WORDS)]
-
-
-def head_joints(model: BodyModel) -> list[int]:
-    """Pose rows that turn the head relative to the torso (neck chain + head)."""
-    return [i for i, name in enumerate(model.pose_labels) if any(name.lower().startswith(w) for w in _HEAD_WORDS)]
-
-
-def limb_joints(model: BodyModel, limb: str, side: str) -> list[int]:
-    """Pose rows of one arm (shoulder to fingertips) or leg (hip to toes); ``side`` is the subject's, "l" or "r"
-    (Anny names end in .L/.R, SMPL-X names start with left_/right_)."""
-    prefix = {"l": "left_", "r": "right_"}[side]
-    return [i for i, name in enumerate(model.pose_labels)
-            if (name.lower().endswith(f".{side}") or name.lower().startswith(prefix))
-            and any(word in name.lower() for word in _LIMB_WORDS[limb])]
-
-
-def eye_joints(model: BodyModel) -> list[int]:
-    return [i for i, name in enumerate(model.pose_labels) if "eye" in name.lower()]
-
-
-def jaw_joints(model: BodyModel) -> list[int]:
-    return [i for i, name in enumerate(model.pose_labels) if "jaw" in name.lower()]
-
-
-def expression_groups(model: BodyModel) -> dict[str, list[int]]:
-    """Facial coefficients split into jaw, eye gaze and the rest (ARKit names; FLAME's are all "expression")."""
-    jaw, eyes, rest = [], [], []
-    for i, name in enumerate(model.expression_labels):
-        if name.startswith("jaw"):
-            jaw.append(i)
-        elif name.startswith("eyeLook"):
-            eyes.append(i)
-        else:
-            rest.append(i)
-    return {"jaw": jaw, "eyes": eyes, "expression": rest}
-
-
-# ---------------------------------------------------------------------------------------------- rotation helpers
-def slerp_rotvec(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per-element geodesic interpolation a→b; ``weight`` broadcasts over the leading dimensions of a [..., 3]."""
-    delta = roma.rotvec_composition([roma.rotvec_inverse(a), b])
-    return roma.rotvec_composition([a, delta * weight[..., None]])
 
 
 # ---------------------------------------------------------------------------------------------- time resampling
@@ -125,17 +72,6 @@ def retime(track: EHMTrack, fps: float, frames: int | None = None, offset: float
 
 
 # ---------------------------------------------------------------------------------------------- Track Edit
-@dataclass(frozen=True)
-class CameraKey:
-    """Camera edit at one frame: ``zoom`` multiplies the focal length (2 = twice as close), ``pan_x``/``pan_y`` move
-    the picture by that fraction of the image width/height (positive = right/down)."""
-
-    frame: int
-    zoom: float = 1.0
-    pan_x: float = 0.0
-    pan_y: float = 0.0
-
-
 def parse_camera_keys(text: str) -> list[CameraKey]:
     """Keyframes from text, one per line: ``frame zoom [pan_x [pan_y]]`` (commas allowed; ``#`` starts a comment)."""
     keys = []
@@ -159,39 +95,6 @@ def parse_camera_keys(text: str) -> list[CameraKey]:
     if len(set(frames)) != len(frames):
         raise InputError(f"Camera keyframes repeat a frame: {sorted(frames)}")
     return sorted(keys, key=lambda k: k.frame)
-
-
-def camera_curve(keys: Sequence[CameraKey], frames: int) -> torch.Tensor:
-    """Per-frame (zoom, pan_x, pan_y) [T, 3], linear between keys and held before the first / after the last."""
-    if not keys:
-        return torch.tensor([1.0, 0.0, 0.0]).repeat(frames, 1)
-    at = torch.tensor([float(k.frame) for k in keys])
-    values = torch.tensor([[k.zoom, k.pan_x, k.pan_y] for k in keys])
-    t = torch.arange(frames, dtype=torch.float32).clamp(float(at[0]), float(at[-1]))
-    idx = torch.searchsorted(at, t, right=True).clamp(1, max(len(keys) - 1, 1)) - 1
-    nxt = (idx + 1).clamp(max=len(keys) - 1)
-    span = (at[nxt] - at[idx]).clamp(min=1e-6)
-    w = ((t - at[idx]) / span).clamp(0, 1)[:, None]
-    return values[idx] + (values[nxt] - values[idx]) * w
-
-
-def apply_camera_keys(track: EHMTrack, keys: Sequence[CameraKey]) -> EHMTrack:
-    """Zoom about the image centre and pan the picture, keeping the person and the image size unchanged.
-
-    Pan moves the camera sideways by the distance that shifts the body's origin (pelvis) by the requested pixels.
-    """
-    if not keys:
-        return track
-    curve = camera_curve(keys, track.num_frames).to(track.device)
-    zoom, pan = curve[:, 0], curve[:, 1:]
-    focal = track.focal * zoom
-    pelvis_cam = (track.cam_R @ track.translation[:, :, None])[:, :, 0] + track.cam_t
-    depth = pelvis_cam[:, 2].clamp(min=1e-3)
-    height, width = track.image_size
-    shift_px = pan * pan.new_tensor([width, height])
-    cam_t = track.cam_t.clone()
-    cam_t[:, :2] += shift_px * depth[:, None] / focal[:, None]
-    return track.replace(focal=focal, cam_t=cam_t)
 
 
 def apply_shape_offsets(track: EHMTrack, model: BodyModel, offsets: dict[str, float]) -> EHMTrack:

@@ -16,11 +16,11 @@ import torch
 
 from . import keypoints as kp
 from .body.camera import project
+from .body.landmarks import mesh_landmarks
 from .body.model import BodyModel
 from .body.track import LANDMARK_GROUPS, EHMTrack, seen_landmarks
 from .errors import InputError
 from .temporal import gaussian_filter
-from .track.correspondence import mesh_landmarks
 
 CHUNK = 64  # frames per body-model forward: bounds memory on long videos
 

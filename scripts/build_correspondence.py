@@ -1,4 +1,4 @@
-"""Regenerate emosh/track/data/anny_landmarks.npz: the MediaPipe Holistic ⇄ Anny landmark table.
+"""Regenerate emosh/body/data/anny_landmarks.npz: the MediaPipe Holistic ⇄ Anny landmark table.
 
 Body and hand landmarks come from Anny bone heads (joint centres) and a few surface points picked geometrically
 (ears, heels, toe tips, fingertips). The 478 face-mesh landmarks come from rendering Anny's head (neutral shape,
@@ -23,7 +23,7 @@ import torch
 from emosh.body import load_body_model
 from emosh.body.camera import view_rotation
 from emosh.keypoints import BODY_NAMES, HAND_NAMES
-from emosh.track.correspondence import DATA_FILE
+from emosh.body.landmarks import DATA_FILE
 
 IMAGE = 512
 FOCAL = 1400.0

@@ -15,7 +15,8 @@ import torch
 
 from emosh import edit, export, facecrop
 from emosh.body import EHMTrack
-from emosh.body.camera import project
+from emosh.body import joints
+from emosh.body.camera import CameraKey, apply_camera_keys, project
 from emosh.errors import InputError
 
 from helpers import synthetic_track
@@ -31,7 +32,7 @@ def test_edit_strengths_range_and_shape(anny):
     out = edit.edit_track(track, anny, expression_strength=0.0, hand_strength=0.0, start=2, stop=6)
     assert out.num_frames == 4
     assert torch.equal(out.expression, torch.zeros_like(out.expression))
-    hands = edit.hand_joints(anny)
+    hands = joints.hand_joints(anny)
     assert len(hands) == 2 * (1 + 5 * 3 + 4)  # wrist, 15 finger joints and 4 metacarpals per hand
     others = [i for i in range(len(anny.pose_labels)) if i not in hands]
     assert torch.equal(out.pose[:, hands], torch.zeros_like(out.pose[:, hands]))
@@ -53,8 +54,8 @@ def test_edit_strengths_range_and_shape(anny):
 def test_camera_keys_zoom_and_pan(anny):
     track = synthetic_track(anny, frames=5)
     keys = edit.parse_camera_keys("# frame zoom pan_x pan_y\n0 1\n4, 2, 0.1, -0.05\n")
-    assert keys == [edit.CameraKey(0, 1.0), edit.CameraKey(4, 2.0, 0.1, -0.05)]
-    out = edit.apply_camera_keys(track, keys)
+    assert keys == [CameraKey(0, 1.0), CameraKey(4, 2.0, 0.1, -0.05)]
+    out = apply_camera_keys(track, keys)
     centre = torch.tensor([track.image_size[1] / 2, track.image_size[0] / 2])
     before, after = pelvis_pixels(track) - centre, pelvis_pixels(out) - centre
     assert torch.allclose(after[0], before[0], atol=1e-3)  # first key: unchanged
@@ -72,7 +73,7 @@ def test_camera_keys_zoom_and_pan(anny):
 def test_slerp_and_retime(anny):
     a = torch.tensor([[0.0, 0.0, 0.2]])
     b = torch.tensor([[0.0, 0.0, 1.0]])
-    mid = edit.slerp_rotvec(a, b, torch.tensor([0.5]))
+    mid = joints.slerp_rotvec(a, b, torch.tensor([0.5]))
     assert torch.allclose(mid, torch.tensor([[0.0, 0.0, 0.6]]), atol=1e-6)
     track = synthetic_track(anny, frames=9, fps=30.0)
     half = edit.retime(track, 15.0)
@@ -87,11 +88,11 @@ def test_mix_body_hands_face_with_offset_and_fps(anny):
     face = synthetic_track(anny, frames=30, fps=25.0, seed=3)
     out = edit.mix_tracks(anny, body, hands, face, hands_offset=0.2, face_offset=0.4, face_parts=("expression", "jaw"))
     assert out.num_frames == 10 and out.fps == 25.0 and out.landmarks2d is None
-    h = edit.hand_joints(anny)
+    h = joints.hand_joints(anny)
     # output frame k is at k/25 s; the hands source is at 0.2 + k/25 s = frame 10 + 2k of a 50 fps track
     src = hands.pose[10:30:2][:, h]
     assert torch.allclose(roma.rotvec_to_rotmat(out.pose[:, h]), roma.rotvec_to_rotmat(src), atol=1e-5)
-    groups = edit.expression_groups(anny)
+    groups = joints.expression_groups(anny)
     moved = groups["expression"] + groups["jaw"]
     assert torch.allclose(out.expression[:, moved], face.expression[10:20, moved], atol=1e-6)
     assert torch.equal(out.expression[:, groups["eyes"]], body.expression[:, groups["eyes"]])
@@ -100,7 +101,7 @@ def test_mix_body_hands_face_with_offset_and_fps(anny):
     assert torch.equal(out.translation, body.translation) and torch.equal(out.cam_t, body.cam_t)
     # a source shorter than the body holds its last frame
     late = edit.mix_tracks(anny, body, face=face, face_offset=5.0, face_parts=("head",))
-    heads = edit.head_joints(anny)
+    heads = joints.head_joints(anny)
     assert torch.allclose(late.pose[:, heads], face.pose[-1:, heads].expand(10, -1, -1), atol=1e-6)
     assert "face (head)" in late.meta["mix"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from emosh import edit
+from emosh.body import joints
 from emosh.body import BodyModel, EHMTrack
 from emosh.errors import InputError, UnsafePathError
 
@@ -158,9 +158,9 @@ def test_body_edit_mix_render_nodes(anny):
     other = synthetic_track(anny, frames=8, fps=50.0, seed=4, size=(96, 128))
     mixed = _check_outputs(M["EmoshTrackMix"], M["EmoshTrackMix"].execute(
         anny, track, 0.0, 0.02, True, True, False, True, 0.0, hands_track=other, face_track=other))[0]
-    face_rows = edit.expression_groups(anny)["expression"]  # eyes were not taken: gaze stays the body track's
+    face_rows = joints.expression_groups(anny)["expression"]  # eyes were not taken: gaze stays the body track's
     assert mixed.num_frames == 4 and torch.allclose(mixed.expression[0, face_rows], other.expression[1, face_rows])
-    eyes = edit.expression_groups(anny)["eyes"]
+    eyes = joints.expression_groups(anny)["eyes"]
     assert torch.equal(mixed.expression[:, eyes], track.expression[:, eyes])
 
     hybrid, keypoints, normal, depth, mask, extra = _check_outputs(

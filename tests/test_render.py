@@ -10,8 +10,9 @@ import torch
 from emosh import keypoints as kp
 from emosh.bench.render import SHAPES, dance_track
 from emosh.body.camera import project_camera_points
-from emosh.render import draw, shading
-from emosh.render.raster import Fragments, interpolate, rasterize
+from emosh.body import shading
+from emosh.body.raster import Fragments, interpolate, rasterize
+from emosh.render import draw
 from emosh.render.renderer import render_all, render_track
 
 
@@ -150,7 +151,7 @@ def test_keypoints_behind_the_body_are_not_drawn(anny):
     # the shoulders still are (seen through their own torso, as 2D detectors report them).
     from emosh.body.camera import to_camera
     from emosh.render.renderer import rasterize_track
-    from emosh.track.correspondence import mesh_landmarks
+    from emosh.body.landmarks import mesh_landmarks
 
     pose = torch.zeros(2, *front.pose.shape[1:])
     pose[:, anny.pose_labels.index("lowerarm01.L"), 2] = -1.6
@@ -401,7 +402,7 @@ def test_unianimate_peer_pipeline_is_uniAnimates_jpeg_on_a_stretched_canvas(anny
 
     from emosh.body.camera import to_camera
     from emosh.render.renderer import output_focal, rasterize_track
-    from emosh.track.correspondence import mesh_landmarks
+    from emosh.body.landmarks import mesh_landmarks
 
     track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=160, width=128, distance=2.6)
     kwargs = dict(keypoint_style="unianimate", width=512, height=768, as_uint8=True)

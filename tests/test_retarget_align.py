@@ -10,7 +10,7 @@ import torch
 from emosh.align import spatial_align
 from emosh.bench.render import SHAPES, dance_track
 from emosh.body.camera import project
-from emosh.edit import CameraKey
+from emosh.body.camera import CameraKey
 from emosh.errors import InputError
 from emosh.render.renderer import rasterize_track
 from emosh.retarget import leg_length, lowest_foot, retarget
@@ -117,7 +117,7 @@ def test_cli_retarget_and_render(tmp_path, anny, pair, capsys):
 def test_unseen_limbs_take_the_reference_pose(anny, pair):
     """A driver whose left arm leaves the frame: while unseen that arm takes the reference's pose, fading over
     a few frames; the seen right arm keeps the driver's rotations exactly; the option switches it off."""
-    from emosh.edit import limb_joints
+    from emosh.body.joints import limb_joints
 
     driver, reference = pair
     frames = 120

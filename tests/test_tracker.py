@@ -12,7 +12,7 @@ from emosh.errors import NoPersonError
 
 
 def test_correspondence_table_is_valid(anny):
-    from emosh.track.correspondence import DATA_FILE, landmark_table, mesh_landmarks
+    from emosh.body.landmarks import DATA_FILE, landmark_table, mesh_landmarks
 
     with np.load(DATA_FILE, allow_pickle=False) as data:  # plain arrays only
         assert data["bary"].shape == (NUM_LANDMARKS, 3)
@@ -33,7 +33,7 @@ def test_correspondence_table_is_valid(anny):
 
 
 def test_landmark_skinning_matches_full_model(anny):
-    from emosh.track.correspondence import mesh_landmarks
+    from emosh.body.landmarks import mesh_landmarks
     from emosh.track.fit import LandmarkBody
 
     gen = torch.Generator().manual_seed(3)

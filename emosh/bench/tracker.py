@@ -31,9 +31,9 @@ import torch
 
 from ..body import load_body_model
 from ..body.camera import default_focal, project, project_camera_points, to_camera, view_rotation
+from ..body.landmarks import mesh_landmarks
 from ..body.model import BodyModel
 from ..body.track import CONF_GATE, LANDMARK_GROUPS, NUM_LANDMARKS, EHMTrack, seen_landmarks
-from ..track.correspondence import mesh_landmarks
 from ..track.detect import FrameDetection
 from ..track.fit import LandmarkBody, pose_basis
 from ..track.tracker import (WindowedTracker, fitted_landmarks2d, person_box_height, reprojection_error_pct,
@@ -335,7 +335,7 @@ def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
 def silhouettes(model: BodyModel, vertices: torch.Tensor, focal: torch.Tensor, cam_R: torch.Tensor,
                 cam_t: torch.Tensor, image_size: tuple[int, int]) -> np.ndarray:
     """[B, H, W] bool: pixels covered by the posed meshes ``vertices`` [B, V, 3] through the given camera."""
-    from ..render.raster import rasterize
+    from ..body.raster import rasterize
 
     with torch.no_grad():
         cam = to_camera(vertices, cam_R, cam_t)
@@ -355,9 +355,9 @@ def mesh_mask(model: BodyModel, track: EHMTrack) -> np.ndarray:
 def person_mask(image: np.ndarray) -> np.ndarray:
     """[H, W] bool person segmentation from MediaPipe's selfie segmenter: a network the fitter never sees (it
     fits the pose model's own mask), so the scores below are not the quantity it optimised."""
-    from ..track.detect import _import_mediapipe
+    from ..mediapipe_import import import_mediapipe
 
-    mp = _import_mediapipe()
+    mp = import_mediapipe()
     with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
         return seg.process(np.ascontiguousarray(image)).segmentation_mask >= 0.5
 

@@ -1,4 +1,5 @@
-"""Expressive Human Model: backend-neutral body models and the ``EHMTrack`` record."""
+"""Expressive Human Model: backend-neutral body models, the ``EHMTrack`` record, and what every stage above
+shares about them: camera, joint groups, the landmark table, the z-buffer and shading."""
 from __future__ import annotations
 
 from typing import Iterable

@@ -2,12 +2,17 @@
 
 OpenCV convention: x right, y down, z forward; pixel = f * (x/z, y/z) + principal point (the image centre).
 Per frame: focal f (pixels), rotation R and translation t taking model-world points into the camera frame.
+Camera keyframes (zoom / pan edits of a track's camera) are applied here too, for Track Edit and retarget.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
+
+from .track import EHMTrack
 
 
 def to_camera(points: torch.Tensor, cam_R: torch.Tensor, cam_t: torch.Tensor) -> torch.Tensor:
@@ -45,3 +50,48 @@ def view_rotation(up_axis: int) -> torch.Tensor:
     if up_axis == 1:
         return torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])
     raise ValueError(f"unsupported up axis {up_axis}")
+
+
+# ---------------------------------------------------------------------------------------------- camera keyframes
+@dataclass(frozen=True)
+class CameraKey:
+    """Camera edit at one frame: ``zoom`` multiplies the focal length (2 = twice as close), ``pan_x``/``pan_y`` move
+    the picture by that fraction of the image width/height (positive = right/down)."""
+
+    frame: int
+    zoom: float = 1.0
+    pan_x: float = 0.0
+    pan_y: float = 0.0
+
+
+def camera_curve(keys: Sequence[CameraKey], frames: int) -> torch.Tensor:
+    """Per-frame (zoom, pan_x, pan_y) [T, 3], linear between keys and held before the first / after the last."""
+    if not keys:
+        return torch.tensor([1.0, 0.0, 0.0]).repeat(frames, 1)
+    at = torch.tensor([float(k.frame) for k in keys])
+    values = torch.tensor([[k.zoom, k.pan_x, k.pan_y] for k in keys])
+    t = torch.arange(frames, dtype=torch.float32).clamp(float(at[0]), float(at[-1]))
+    idx = torch.searchsorted(at, t, right=True).clamp(1, max(len(keys) - 1, 1)) - 1
+    nxt = (idx + 1).clamp(max=len(keys) - 1)
+    span = (at[nxt] - at[idx]).clamp(min=1e-6)
+    w = ((t - at[idx]) / span).clamp(0, 1)[:, None]
+    return values[idx] + (values[nxt] - values[idx]) * w
+
+
+def apply_camera_keys(track: EHMTrack, keys: Sequence[CameraKey]) -> EHMTrack:
+    """Zoom about the image centre and pan the picture, keeping the person and the image size unchanged.
+
+    Pan moves the camera sideways by the distance that shifts the body's origin (pelvis) by the requested pixels.
+    """
+    if not keys:
+        return track
+    curve = camera_curve(keys, track.num_frames).to(track.device)
+    zoom, pan = curve[:, 0], curve[:, 1:]
+    focal = track.focal * zoom
+    pelvis_cam = (track.cam_R @ track.translation[:, :, None])[:, :, 0] + track.cam_t
+    depth = pelvis_cam[:, 2].clamp(min=1e-3)
+    height, width = track.image_size
+    shift_px = pan * pan.new_tensor([width, height])
+    cam_t = track.cam_t.clone()
+    cam_t[:, :2] += shift_px * depth[:, None] / focal[:, None]
+    return track.replace(focal=focal, cam_t=cam_t)

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from ..body.camera import project_camera_points
 from ..body.model import BodyModel
+from ..body.raster import Fragments, interpolate, rasterize
 from ..body.track import LANDMARK_GROUPS, EHMTrack
 from ..errors import InputError
-from ..render.raster import Fragments, interpolate, rasterize
+from ..mediapipe_import import import_mediapipe
 from ..render.renderer import rasterize_track
 
 MAX_REFERENCE_SIDE = 2048  # larger photos are reduced first: the atlas cannot hold more detail than this anyway
@@ -46,10 +47,8 @@ def _project(model: BodyModel, track: EHMTrack, device: torch.device) -> tuple[t
 def segment_person(image: np.ndarray) -> np.ndarray | None:
     """Soft person segmentation [H, W] in 0..1 (MediaPipe selfie segmentation, shipped in the wheel), or None when
     this mediapipe has no legacy solutions (then the fitted mesh alone marks the person)."""
-    from ..track.detect import _import_mediapipe
-
     try:
-        solution = _import_mediapipe().solutions.selfie_segmentation
+        solution = import_mediapipe().solutions.selfie_segmentation
     except (AttributeError, ImportError, InputError):
         return None
     with solution.SelfieSegmentation(model_selection=0) as segmenter:

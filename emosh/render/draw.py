@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .. import keypoints as kp
-from .raster import Fragments
+from ..body.raster import Fragments
 
 
 @dataclass(frozen=True)

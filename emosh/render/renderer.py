@@ -1,8 +1,8 @@
 """Mesh Condition Renderer: an ``EHMTrack`` → control frames (hybrid, keypoints, normal, depth, mask, parts, scail).
 
 Frames stream in batches, so a long track needs memory for one batch only. Each batch: body model forward →
-camera (:mod:`emosh.body.camera`) → z-buffer (:mod:`emosh.render.raster`) → maps (:mod:`emosh.render.shading`);
-keypoints come from the one landmark source, ``emosh.track.correspondence.mesh_landmarks``, and are drawn with
+camera (:mod:`emosh.body.camera`) → z-buffer (:mod:`emosh.body.raster`) → maps (:mod:`emosh.body.shading`);
+keypoints come from the one landmark source, ``emosh.body.landmarks.mesh_landmarks``, and are drawn with
 OpenCV (:mod:`emosh.render.draw`) after a visibility test against the z-buffer; ``scail`` ray-traces capsules
 between the body's joints (:mod:`emosh.render.scail`) under the same keypoint overlay.
 
@@ -19,11 +19,13 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..body import shading
 from ..body.camera import project_camera_points, to_camera
+from ..body.landmarks import mesh_landmarks
 from ..body.model import BodyModel
+from ..body.raster import rasterize
 from ..body.track import EHMTrack
-from . import draw, scail, shading
-from .raster import rasterize
+from . import draw, scail
 
 # The render modes: the one list the CLI and the ComfyUI nodes offer.
 MODES = ("hybrid", "keypoints", "normal", "depth", "mask", "parts", "scail", "scail2_mask", "scail2_mask_white")
@@ -125,8 +127,6 @@ class _FrameRenderer:
 
     def scail_points(self, track: EHMTrack) -> torch.Tensor:
         """The SMPL slots of every frame of ``track`` [T, 14, 3], camera frame, mm."""
-        from ..track.correspondence import mesh_landmarks
-
         with torch.no_grad():
             output = self.model(track.shape, **track.motion())
             landmarks = to_camera(mesh_landmarks(self.model, output).to(self.device), track.cam_R, track.cam_t)
@@ -139,8 +139,6 @@ class _FrameRenderer:
 
     def render(self, track: EHMTrack, focal: torch.Tensor, modes: Sequence[str],
                keypoint_style: str) -> dict[str, torch.Tensor]:
-        from ..track.correspondence import mesh_landmarks
-
         output, cam, fragments = rasterize_track(self.model, track, focal, self.size, self.device)
         with torch.no_grad():
             out: dict[str, torch.Tensor] = {}

@@ -26,9 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> dict:
     from ..body import load_body_model
-    from ..cli import emit_summary
     from ..video import is_image, iter_frames, read_image, resize_long_side
     from .overlay import write_overlay
     from .tracker import reprojection_error_pct, track_file
@@ -56,5 +55,4 @@ def run(args: argparse.Namespace) -> int:
         frames = ([resize(read_image(args.input))] if is_image(args.input)
                   else (resize(f) for f in iter_frames(args.input, start=args.start, max_frames=track.num_frames)))
         summary["overlay"] = str(write_overlay(args.overlay, frames, track, model))
-    emit_summary(summary)
-    return 0
+    return summary

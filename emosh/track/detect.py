@@ -32,6 +32,7 @@ import numpy as np
 
 from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS
 from ..errors import InputError, MissingModelError
+from ..mediapipe_import import import_mediapipe
 from ..paths import find_model_file
 from ..video import resize_long_side, to_rgb
 
@@ -103,20 +104,10 @@ class FrameDetection:
         return FrameDetection(landmarks, self.confidence, self.world_body, self.blendshapes, self.num_people, mask)
 
 
-def _import_mediapipe():
-    """mediapipe, with its known protobuf deprecation notice (harmless with protobuf 4.x) muted."""
-    warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
-    try:
-        import mediapipe as mp
-    except ImportError as exc:  # pragma: no cover - mediapipe is a hard requirement
-        raise InputError("mediapipe is not installed: pip install -r requirements.txt") from exc
-    return mp
-
-
 def holistic_available() -> bool:
     """True when mediapipe's legacy ``solutions.holistic`` (which ships its models) can be imported."""
     try:
-        return hasattr(_import_mediapipe().solutions.holistic, "Holistic")
+        return hasattr(import_mediapipe().solutions.holistic, "Holistic")
     except (ImportError, AttributeError, InputError):
         return False
 
@@ -187,7 +178,7 @@ class _HandRecovery:
     _NEAR = 0.35  # max distance of the found wrist from the pose wrist, in crop sides
 
     def __init__(self):
-        mp = _import_mediapipe()
+        mp = import_mediapipe()
         self._hands = mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=1, model_complexity=1,
                                                min_detection_confidence=0.5)
         self._previous: dict[int, np.ndarray | None] = {_L_WRIST: None, _R_WRIST: None}  # hand box (x0, y0, x1, y1)
@@ -254,7 +245,7 @@ class _PeopleCounter:
     """
 
     def __init__(self):
-        mp = _import_mediapipe()
+        mp = import_mediapipe()
         self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
 
     @staticmethod
@@ -320,7 +311,7 @@ class _HolisticBackend:
     _COUNT_EVERY = 5  # while one person is in view, look for others every 5th frame (face detection costs ~10 ms)
 
     def __init__(self, static_image: bool):
-        mp = _import_mediapipe()
+        mp = import_mediapipe()
         self._static = static_image
         self._holistic = mp.solutions.holistic.Holistic(
             static_image_mode=static_image, model_complexity=1, refine_face_landmarks=True,
@@ -449,7 +440,7 @@ class _TasksBackend:
     """mediapipe Tasks API (Pose/Hand/FaceLandmarker) from the user's .task files."""
 
     def __init__(self, static_image: bool, model_dir: str | os.PathLike | None):
-        mp = _import_mediapipe()
+        mp = import_mediapipe()
         from mediapipe.tasks.python import BaseOptions, vision
 
         self._mp = mp

@@ -22,9 +22,9 @@ import torch
 
 from ..body.camera import view_rotation
 from ..body.kinematics import RestSkeleton
+from ..body.landmarks import LandmarkTable, landmark_table
 from ..body.model import BodyModel
 from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS
-from .correspondence import LandmarkTable, landmark_table
 from .silhouette import MASK_THRESHOLD, Silhouette
 
 BODY = slice(*LANDMARK_GROUPS["body"])

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from ..body.camera import project_camera_points, to_camera
+from ..body.landmarks import mesh_landmarks
 from ..body.model import BodyModel
+from ..body.raster import rasterize
+from ..body.shading import semantic_colors, shaded, vertex_normals
 from ..body.track import EHMTrack
 from ..keypoints import HAND_BONES
-from ..render.raster import rasterize
-from ..render.shading import semantic_colors, shaded, vertex_normals
-from .correspondence import mesh_landmarks
 
 # MediaPipe pose skeleton (subject's left = odd indices) for the fitted-landmark lines
 POSE_LINES = [(11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),

@@ -15,13 +15,14 @@ import os
 from pathlib import Path
 
 from ..errors import MissingModelError
+from ..mediapipe_import import import_mediapipe
 from ..paths import atomic_output
-from .detect import TASK_FILES, _import_mediapipe
+from .detect import TASK_FILES
 
 
 def legacy_model_dir() -> Path:
     """``mediapipe/modules`` of the installed wheel (where 0.10.9-0.10.21 keep their .tflite files)."""
-    return Path(_import_mediapipe().__file__).parent / "modules"
+    return Path(import_mediapipe().__file__).parent / "modules"
 
 
 def _read(modules: Path, relative: str) -> bytes:

@@ -19,10 +19,10 @@ import roma
 import torch
 
 from ..body.camera import default_focal
+from ..body.joints import slerp_rotvec
 from ..body.model import BodyModel
 from ..body.track import CONF_GATE, EHMTrack, seen_landmarks
 from ..errors import EmoshError, InputError, NoPersonError
-from ..edit import slerp_rotvec
 from ..temporal import gaussian_filter
 from .detect import FrameDetection
 from .fit import Fitter, FitSettings, FitState, Targets

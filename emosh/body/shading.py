@@ -12,7 +12,7 @@ import colorsys
 
 import torch
 
-from ..body.model import BodyModel
+from .model import BodyModel
 from .raster import Fragments, interpolate_covered
 
 # Hue (degrees) by normalised height: magenta feet, violet hips, blue chest, green shoulders and head.

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..body.model import BodyModel, BodyOutput
-from ..body.track import LANDMARK_GROUPS, NUM_LANDMARKS
+from .model import BodyModel, BodyOutput
+from .track import LANDMARK_GROUPS, NUM_LANDMARKS
 
 DATA_FILE = Path(__file__).with_name("data") / "anny_landmarks.npz"
 
