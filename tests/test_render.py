@@ -436,7 +436,7 @@ def test_dwpose_peer_pipeline_draws_at_512_short_side_and_resizes(anny):
 
     from emosh.body.camera import to_camera
     from emosh.render.renderer import output_focal, rasterize_track
-    from emosh.track.correspondence import mesh_landmarks
+    from emosh.body.landmarks import mesh_landmarks
 
     track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=1280, width=720, distance=2.6)
     kwargs = dict(keypoint_style="dwpose", as_uint8=True)
