@@ -159,7 +159,8 @@ def tiny_wan(tmp_path_factory):
     save_file({"prompt_embeds": prompt}, root / "prompt.safetensors")
     save_file({"prompt_embeds": negative_a}, root / "negative_a.safetensors")
     save_file({"negative_prompt_embeds": negative_b}, root / "negative_b.safetensors")
-    save_file({"prompt_embeds": prompt, "negative_prompt_embeds": negative_b}, root / "prompt_with_negative.safetensors")
+    save_file({"prompt_embeds": prompt, "negative_prompt_embeds": negative_b},
+              root / "prompt_with_negative.safetensors")
     return root
 
 
@@ -175,8 +176,8 @@ def _diffuse(options: AnimateOptions, control: torch.Tensor, events: list | None
     events = [] if events is None else events
     preview = torch.rand(control.shape, generator=torch.Generator().manual_seed(0))
     n = control.shape[0]
-    batches = iter([AnimationBatch(i, control[i:i + 3], preview[i:i + 3], torch.ones(min(3, n - i), *control.shape[1:3]))
-                    for i in range(0, n, 3)])
+    batches = iter([AnimationBatch(i, control[i:i + 3], preview[i:i + 3],
+                                   torch.ones(min(3, n - i), *control.shape[1:3])) for i in range(0, n, 3)])
     stages = _Stages(lambda stage, done, total: events.append((stage, done, total)), None)
     out = []
     for batch in diffuse(load_diffusion(options), np.zeros((*control.shape[1:3], 3), np.uint8), batches, options,
