@@ -57,6 +57,10 @@ class AnimateOptions:
     model: str | None = None  # diffusion model (folder or .safetensors); None = training-free preview animator
     adapter: str | None = None
     text_embeds: str | None = None
+    negative_text_embeds: str | None = None  # None: the text file's negative_prompt_embeds, else zeros (see load_text)
+    guidance_scale: float = 5.0  # classifier-free guidance; 1 = one unguided prediction per step
+    chunk_frames: int = 81  # pixel frames the diffusion model denoises at once (memory vs. fewer seams)
+    overlap_frames: int = 8  # pixel frames shared (cross-faded) by consecutive chunks
     steps: int = 20
     denoise: float = 1.0
     seed: int = 0
@@ -267,42 +271,88 @@ def resolve_model(name: str | os.PathLike) -> Path:
         f"training-free preview animator.")
 
 
-def load_diffusion(options: AnimateOptions):
-    """The diffusers EMOSH pipeline for ``options.model`` (+ adapter), and the text embeddings it conditions on."""
-    from safetensors.torch import load_file
+@dataclass
+class DiffusionModel:
+    """A loaded diffusers EMOSH pipeline and the text embeddings ``[1, L, text_dim]`` it conditions on; without
+    ``negative_prompt_embeds`` it samples unguided."""
 
+    pipeline: object  # emosh.generate.pipeline.EmoshPipeline (imported lazily: torch-only runs never load diffusers)
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+
+
+def load_diffusion(options: AnimateOptions) -> DiffusionModel:
+    """The diffusers EMOSH pipeline for ``options.model`` (+ adapter) and its text embeddings (:func:`load_text`)."""
     from .generate.pipeline import EmoshPipeline
 
     model = resolve_model(options.model)
     adapter = resolve_model(options.adapter) if options.adapter else None
     pipeline = EmoshPipeline.from_pretrained(model, adapter=adapter, device=options.device)
-    if options.text_embeds:
-        embeds = load_file(str(resolve_model(options.text_embeds)))
-        if "prompt_embeds" not in embeds:
-            raise InputError(f"{options.text_embeds} has no 'prompt_embeds' tensor (found {sorted(embeds)})")
-        text = embeds["prompt_embeds"]
+    return DiffusionModel(pipeline, *load_text(options, pipeline.transformer.config.text_dim))
+
+
+def load_text(options: AnimateOptions, text_dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positive and negative text embeddings from the user's safetensors files (EMOSH runs no text encoder).
+
+    Positive: ``prompt_embeds`` of ``options.text_embeds``, else zeros ``[1, 8, text_dim]`` (an empty prompt, as
+    the trainer's default). Negative, for classifier-free guidance: the ``options.negative_text_embeds`` file's
+    ``negative_prompt_embeds`` (or its ``prompt_embeds``); else ``negative_prompt_embeds`` stored beside the
+    positive ones in the ``options.text_embeds`` file (what diffusers' ``WanPipeline.encode_prompt`` returns as a
+    pair); else, with a positive prompt given, zeros of its shape: guidance away from the empty prompt. With no
+    text files at all the negative is None (it would equal the positive, so guiding could only double the cost).
+    """
+    from safetensors.torch import load_file
+
+    def pick(path: str, tensors: dict[str, torch.Tensor], *keys: str) -> torch.Tensor:
+        for key in keys:
+            if key in tensors:
+                return tensors[key]
+        raise InputError(f"{path} has no {' or '.join(repr(k) for k in keys)} tensor (found {sorted(tensors)})")
+
+    positive_file = load_file(str(resolve_model(options.text_embeds))) if options.text_embeds else {}
+    positive = pick(options.text_embeds, positive_file, "prompt_embeds") if options.text_embeds \
+        else torch.zeros(1, 8, text_dim)
+    if options.negative_text_embeds:
+        negative = pick(options.negative_text_embeds, load_file(str(resolve_model(options.negative_text_embeds))),
+                        "negative_prompt_embeds", "prompt_embeds")
+    elif "negative_prompt_embeds" in positive_file:
+        negative = positive_file["negative_prompt_embeds"]
     else:
-        text = torch.zeros(1, 8, pipeline.transformer.config.text_dim)
-    return pipeline, text
+        negative = torch.zeros_like(positive) if options.text_embeds else None
+    return positive, negative
 
 
-def diffuse(loaded, reference_image: np.ndarray, batches: Iterator[AnimationBatch], options: AnimateOptions,
-            stages: _Stages) -> Iterator[AnimationBatch]:
+def diffuse(loaded: DiffusionModel, reference_image: np.ndarray, batches: Iterator[AnimationBatch],
+            options: AnimateOptions, stages: _Stages) -> Iterator[AnimationBatch]:
     """Generate with the diffusion model from the whole control video (the sampler chunks it itself); the preview
-    frames are its init video when ``denoise < 1``."""
-    pipeline, text = loaded
+    frames are its init video when ``denoise < 1``.
+
+    The control (and init) video is gathered whole, since its latents are encoded in one pass; the output is
+    decoded and handed on as it is generated, in batches of 1 then 4 frames (one latent frame each), so the
+    decoded video is never held whole and the first frames are written while later chunks are being denoised.
+    """
     controls, previews, masks = [], [], []
     for batch in batches:
         controls.append(batch.control.cpu())
         previews.append(batch.output.cpu())
         masks.append(batch.mask.cpu())
-    control = torch.cat(controls)
+    control, mask = torch.cat(controls), torch.cat(masks)
     init = torch.cat(previews) if options.denoise < 1.0 else None
+    del controls, previews, masks  # the joined copies above are what is used while generating
     reference = torch.from_numpy(reference_image).float()[None] / 255.0
-    result = stages.run("diffusion", pipeline, reference, control, text, init_video=init,
-                        num_inference_steps=options.steps, denoise=options.denoise, seed=options.seed,
+    frames = stages.run("diffusion", loaded.pipeline.iter_video, reference, control, loaded.prompt_embeds,
+                        loaded.negative_prompt_embeds, init_video=init, num_inference_steps=options.steps,
+                        guidance_scale=options.guidance_scale, chunk_frames=options.chunk_frames,
+                        overlap_frames=options.overlap_frames, denoise=options.denoise, seed=options.seed,
                         on_chunk=lambda done, total: stages.report("diffusion", done, total))
-    yield AnimationBatch(0, control, result.video[: control.shape[0]], torch.cat(masks))
+    start = 0
+    while True:
+        output = stages.run("diffusion", next, frames, None)
+        if output is None:
+            break
+        stop = start + output.shape[0]
+        yield AnimationBatch(start, control[start:stop], output, mask[start:stop])
+        start = stop
 
 
 def as_float(frames: torch.Tensor) -> torch.Tensor:

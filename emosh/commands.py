@@ -47,8 +47,18 @@ def _add_common(p: argparse.ArgumentParser, max_frames: int | None = None) -> No
     p.add_argument("--model", help="diffusion model (diffusers folder or .safetensors, a path or a name in the "
                                    "emosh model folder); without it the training-free preview animator runs")
     p.add_argument("--adapter", help="EMOSH adapter .safetensors (not needed for Wan-Animate models)")
-    p.add_argument("--text-embeds", help="safetensors with 'prompt_embeds' for the diffusion model (default zeros)")
+    p.add_argument("--text-embeds", help="safetensors with 'prompt_embeds' [1, L, text_dim] for the diffusion model "
+                                         "(default zeros), and optionally 'negative_prompt_embeds'")
+    p.add_argument("--negative-text-embeds",
+                   help="safetensors with the negative prompt's embeddings ('negative_prompt_embeds' or "
+                        "'prompt_embeds') for classifier-free guidance (default: 'negative_prompt_embeds' in "
+                        "--text-embeds, else zeros = an empty prompt; no text files at all: unguided)")
+    p.add_argument("--guidance-scale", type=float, default=5.0,
+                   help="classifier-free guidance scale for the diffusion model (1: unguided, half the cost)")
     p.add_argument("--steps", type=int, default=20, help="diffusion sampling steps")
+    p.add_argument("--chunk-frames", type=int, default=81,
+                   help="pixel frames the diffusion model denoises at once (4k+1; less memory when smaller)")
+    p.add_argument("--overlap-frames", type=int, default=8, help="pixel frames shared by consecutive chunks")
     p.add_argument("--denoise", type=float, default=1.0,
                    help="below 1, diffusion starts from the preview animation instead of pure noise")
     p.add_argument("--seed", type=int, default=0)
@@ -57,7 +67,7 @@ def _add_common(p: argparse.ArgumentParser, max_frames: int | None = None) -> No
 def _options(args):
     from .animate import AnimateOptions
 
-    for name in ("width", "height", "size", "max_frames", "batch_size", "steps"):
+    for name in ("width", "height", "size", "max_frames", "batch_size", "steps", "chunk_frames"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -68,7 +78,9 @@ def _options(args):
     return AnimateOptions(width=args.width, height=args.height, long_side=args.size, fps=args.fps, start=args.start,
                           max_frames=args.max_frames, batch_size=args.batch_size, device=args.device,
                           relative_orientation=args.relative_orientation,
-                          model=args.model, adapter=args.adapter, text_embeds=args.text_embeds, steps=args.steps,
+                          model=args.model, adapter=args.adapter, text_embeds=args.text_embeds,
+                          negative_text_embeds=args.negative_text_embeds, guidance_scale=args.guidance_scale,
+                          chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames, steps=args.steps,
                           denoise=args.denoise, seed=args.seed)
 
 

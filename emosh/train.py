@@ -212,7 +212,8 @@ def train(pipeline, samples: Iterator[Sample], steps: int, lr: float = 1e-4, lor
     if mixed_precision == "bf16":
         transformer.to(torch.bfloat16)
     adapter.float()
-    lora = add_lora(transformer, lora_rank, lora_alpha) if lora_rank > 0 else {}
+    lora_init = torch.Generator().manual_seed(seed)  # every launch (and every process) starts from the same LoRA
+    lora = add_lora(transformer, lora_rank, lora_alpha, lora_init) if lora_rank > 0 else {}
     params = list(adapter.parameters()) + [p for layer in lora.values() for p in (layer.lora_a, layer.lora_b)]
     for p in params:
         p.requires_grad_(True)
@@ -306,11 +307,12 @@ def main(argv: list[str] | None = None) -> int:
                          args.chunk_frames, args.overlap_frames, text, args.seed, args.mixed_precision,
                          args.gradient_checkpointing, args.out / "checkpoints", args.checkpoint_every, args.resume,
                          cpu=args.device == "cpu")
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         args.out.mkdir(parents=True, exist_ok=True)
         save_trained(args.out / "emosh_adapter", pipe.adapter, lora)
         print(json.dumps({"steps": first_step + len(losses), "final_loss": losses[-1] if losses else None,
-                          "out": str(args.out)}))
+                          "processes": state.num_processes, "out": str(args.out)}))
     return 0
 
 

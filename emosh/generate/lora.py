@@ -26,29 +26,36 @@ DIFFUSERS_TO_NATIVE = {"attn1": "self_attn", "attn2": "cross_attn", "to_q": "q",
 
 
 class LoRALinear(torch.nn.Module):
-    """A frozen Linear plus a trainable low-rank update ``B @ A`` (B zero-initialised: starts as the base)."""
+    """A frozen Linear plus a trainable low-rank update ``B @ A`` (B zero-initialised: starts as the base).
 
-    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float) -> None:
+    A is drawn from ``generator`` (default: torch's global stream), so a seeded training run starts from the same
+    LoRA every time it is launched."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.base = base
         self.rank = rank
         self.alpha = alpha
         self.scale = alpha / rank
-        self.lora_a = torch.nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_a = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=generator)
+                                         / math.sqrt(base.in_features))
         self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * (x @ self.lora_a.t().to(x.dtype)) @ self.lora_b.t().to(x.dtype)
 
 
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float) -> dict[str, LoRALinear]:
-    """Wrap every attention projection of the DiT in a :class:`LoRALinear`; returns them by module name."""
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float,
+             generator: torch.Generator | None = None) -> dict[str, LoRALinear]:
+    """Wrap every attention projection of the DiT in a :class:`LoRALinear` (A drawn from ``generator``, a CPU
+    generator or None); returns them by module name."""
     found = [(name, module) for name, module in transformer.named_modules()
              if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS)]
     layers = {}
     for name, module in found:
         parent_name, _, child = name.rpartition(".")
-        lora = LoRALinear(module, rank, alpha).to(module.weight.device)
+        lora = LoRALinear(module, rank, alpha, generator).to(module.weight.device)
         setattr(transformer.get_submodule(parent_name), child, lora)
         layers[name] = lora
     return layers

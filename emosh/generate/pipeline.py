@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
 from .adapter import InjectionSchedule, MotionAdapter
-from .chunks import (Chunk, ChunkConditioning, check_video_inputs, denoise_in_chunks, frame_timesteps,
+from .chunks import (Chunk, ChunkConditioning, check_video_inputs, frame_timesteps, iter_denoised_latents,
                      pad_video_to_latent_grid, run_model_on_chunk)
 from .loaders import load_adapter, load_transformer, load_vae
+
 
 @dataclass
 class EmoshOutput:
@@ -76,12 +78,9 @@ class EmoshPipeline:
         mean, std = self._latent_stats(raw)
         return (raw - mean) / std
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``[1, C, T, h, w]`` → frames ``[4(T-1)+1, H, W, 3]`` in 0..1."""
-        mean, std = self._latent_stats(latents)
-        pixels = self.vae.decode((latents * std + mean).to(self.vae.dtype), return_dict=False)[0]
-        return ((pixels[0].permute(1, 2, 3, 0).float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        return torch.cat(list(StreamingVaeDecoder(self).decode(latents)))
 
     def model_input(self, latents: torch.Tensor) -> torch.Tensor:
         """Noisy latents plus empty condition channels when the transformer expects them (i2v / Animate)."""
@@ -125,7 +124,6 @@ class EmoshPipeline:
         finally:
             handle.remove()
 
-    @torch.no_grad()
     def __call__(self, reference: torch.Tensor, control: torch.Tensor, prompt_embeds: torch.Tensor,
                  negative_prompt_embeds: torch.Tensor | None = None, init_video: torch.Tensor | None = None,
                  decode: bool = True, **sampling) -> EmoshOutput:
@@ -134,6 +132,26 @@ class EmoshPipeline:
         ``init_video`` (same length and size, e.g. the preview animator's output) is used with ``denoise < 1``.
         Other keywords go to :meth:`sample_latents`.
         """
+        pieces = self._latent_pieces(reference, control, prompt_embeds, negative_prompt_embeds, init_video, sampling)
+        latents = torch.cat(list(pieces), dim=2)
+        video = self.decode_latents(latents)[: control.shape[0]] if decode else None
+        return EmoshOutput(latents, video)
+
+    def iter_video(self, reference: torch.Tensor, control: torch.Tensor, prompt_embeds: torch.Tensor,
+                   negative_prompt_embeds: torch.Tensor | None = None, init_video: torch.Tensor | None = None,
+                   **sampling) -> Iterator[torch.Tensor]:
+        """:meth:`__call__` streamed: the video's frames ``[n, H, W, 3]`` in 0..1, ``control.shape[0]`` in all,
+        one latent frame's worth at a time (1 frame, then 4 each), each decoded as soon as the chunk that finishes
+        it is done. So a writer gets frames while later chunks are still being denoised, and at most 4 decoded
+        frames exist at once (plus whatever the caller keeps). The inputs are checked and encoded on this call."""
+        pieces = self._latent_pieces(reference, control, prompt_embeds, negative_prompt_embeds, init_video, sampling)
+        return self._decoded(pieces, control.shape[0])
+
+    @torch.no_grad()
+    def _latent_pieces(self, reference: torch.Tensor, control: torch.Tensor, prompt_embeds: torch.Tensor,
+                       negative_prompt_embeds: torch.Tensor | None, init_video: torch.Tensor | None,
+                       sampling: dict) -> Iterator[torch.Tensor]:
+        """Check and encode the IMAGE-layout inputs, then :meth:`iter_latents` on their latents."""
         if reference.ndim == 3:
             reference = reference[None]
         check_video_inputs(control, reference, init_video)
@@ -141,21 +159,43 @@ class EmoshPipeline:
         motion = self.encode_video(control).to(dtype)
         ref_latent = self.encode_video(reference[:1]).to(dtype)
         init = self.encode_video(init_video).to(dtype) if init_video is not None else None
-        latents = self.sample_latents(motion, ref_latent, prompt_embeds, negative_prompt_embeds,
-                                      init_latents=init, **sampling)
-        video = self.decode_latents(latents)[: control.shape[0]] if decode else None
-        return EmoshOutput(latents, video)
+        return self.iter_latents(motion, ref_latent, prompt_embeds, negative_prompt_embeds, init_latents=init,
+                                 **sampling)
 
     @torch.no_grad()
+    def _decoded(self, pieces: Iterator[torch.Tensor], frames: int) -> Iterator[torch.Tensor]:
+        """Decode finished latent pieces as they come; stop at ``frames`` (the last latent frame is padded)."""
+        decoder = StreamingVaeDecoder(self)
+        emitted = 0
+        for piece in pieces:
+            for out in decoder.decode(piece):
+                yield out[: frames - emitted]
+                emitted += out.shape[0]
+
     def sample_latents(self, motion_latents: torch.Tensor, reference_latent: torch.Tensor,
                        prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None = None,
-                       image_embeds: torch.Tensor | None = None, num_inference_steps: int = 20,
-                       guidance_scale: float = 5.0, seed: int = 0, chunk_frames: int = 81, overlap_frames: int = 8,
-                       temporal_frames: int = 1, use_spatial_latent: bool = True,
-                       schedule: InjectionSchedule = InjectionSchedule(), init_latents: torch.Tensor | None = None,
-                       denoise: float = 1.0, on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Chunked denoising in normalised latent space; returns the whole video latent ``[1, C, T, h, w]``.
+                       **sampling) -> torch.Tensor:
+        """Chunked denoising in normalised latent space; the whole video latent ``[1, C, T, h, w]``. Keywords as
+        for :meth:`iter_latents`."""
+        return torch.cat(list(self.iter_latents(motion_latents, reference_latent, prompt_embeds,
+                                                negative_prompt_embeds, **sampling)), dim=2)
 
+    def iter_latents(self, motion_latents: torch.Tensor, reference_latent: torch.Tensor,
+                     prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None = None,
+                     image_embeds: torch.Tensor | None = None, num_inference_steps: int = 20,
+                     guidance_scale: float = 5.0, seed: int = 0, chunk_frames: int = 81, overlap_frames: int = 8,
+                     temporal_frames: int = 1, use_spatial_latent: bool = True,
+                     schedule: InjectionSchedule = InjectionSchedule(), init_latents: torch.Tensor | None = None,
+                     denoise: float = 1.0, on_chunk: Callable[[int, int], None] | None = None
+                     ) -> Iterator[torch.Tensor]:
+        """Chunked denoising in normalised latent space, streamed: the latent frames ``[1, C, n, h, w]`` each
+        chunk finishes (:func:`~.chunks.iter_denoised_latents`), in order. The inputs are checked on this call;
+        the chunks are denoised as the result is iterated.
+
+        Classifier-free guidance runs when ``negative_prompt_embeds`` is given and ``guidance_scale != 1``: each
+        step predicts with the negative and the positive embeddings (one batch of 2) and takes
+        ``uncond + guidance_scale * (cond - uncond)``; embeddings of different lengths are zero-padded to the
+        longer, as Wan's own text pipeline pads every prompt. Otherwise one unguided prediction per step.
         ``chunk_frames``/``overlap_frames`` are pixel frames; ``temporal_frames`` latent frames before each later
         chunk condition it. The noise of the whole video comes from one seeded generator, so overlapping chunks
         share it. ``on_chunk(done, total)`` is called after each chunk.
@@ -171,13 +211,14 @@ class EmoshPipeline:
         generator = torch.Generator("cpu").manual_seed(int(seed))
         noise = torch.randn(motion_latents.shape, generator=generator, dtype=torch.float32).to(device, dtype)
         use_cfg = negative_prompt_embeds is not None and guidance_scale != 1.0
-        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if use_cfg else prompt_embeds
+        text = torch.cat(pad_to_same_length(negative_prompt_embeds, prompt_embeds)) if use_cfg else prompt_embeds
         text = text.to(device, dtype)
         if image_embeds is not None:
             image_embeds = image_embeds.to(device, dtype)
             image_embeds = image_embeds.repeat(2, 1, 1) if use_cfg else image_embeds
         first_step = num_inference_steps - max(1, round(num_inference_steps * denoise))
 
+        @torch.no_grad()
         def denoise_chunk(chunk: Chunk, cond: ChunkConditioning, latents: torch.Tensor) -> torch.Tensor:
             """Euler flow matching with classifier-free guidance over one window."""
             self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -199,5 +240,45 @@ class EmoshPipeline:
                 latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
             return latents
 
-        return denoise_in_chunks(noise, reference_latent.to(device, dtype), chunk_frames, overlap_frames,
-                                 denoise_chunk, temporal_frames, use_spatial_latent, on_chunk)
+        return iter_denoised_latents(noise, reference_latent.to(device, dtype), chunk_frames, overlap_frames,
+                                     denoise_chunk, temporal_frames, use_spatial_latent, on_chunk)
+
+
+def pad_to_same_length(*embeds: torch.Tensor) -> list[torch.Tensor]:
+    """Text embeddings ``[B, L_i, D]`` zero-padded along L to the longest, so they stack into one batch."""
+    length = max(e.shape[1] for e in embeds)
+    return [F.pad(e, (0, 0, 0, length - e.shape[1])) for e in embeds]
+
+
+class StreamingVaeDecoder:
+    """A Wan VAE decode split into pieces of latent frames, giving exactly the frames of one whole decode.
+
+    The Wan VAE decoder is causal: diffusers' ``AutoencoderKLWan.decode`` runs it one latent frame at a time and
+    carries the last input frames of every causal convolution in a cache. This runs that loop but keeps the
+    cache between calls, so a latent video can be decoded while it is still being generated, and only one latent
+    frame's pixels (1 frame for the video's first, 4 after) exist at a time. (The VAE's tiled decode, off by
+    default, is not used here.)
+    """
+
+    def __init__(self, pipeline: EmoshPipeline) -> None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+        self.vae = pipeline.vae
+        self._latent_stats = pipeline._latent_stats
+        self._cache: list = [None] * sum(isinstance(m, WanCausalConv3d) for m in self.vae.decoder.modules())
+        self._first = True
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The next normalised latent frames ``[1, C, n, h, w]`` → for each, its frames ``[1 or 4, H, W, 3]``
+        in 0..1 (1 only for the video's first latent frame)."""
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        mean, std = self._latent_stats(latents)
+        x = self.vae.post_quant_conv((latents * std + mean).to(self.vae.dtype))  # 1x1x1: frame by frame
+        for i in range(x.shape[2]):
+            out = self.vae.decoder(x[:, :, i:i + 1], feat_cache=self._cache, feat_idx=[0], first_chunk=self._first)
+            self._first = False
+            if self.vae.config.patch_size is not None:
+                out = unpatchify(out, patch_size=self.vae.config.patch_size)
+            yield ((out[0].permute(1, 2, 3, 0).float().clamp(-1.0, 1.0) + 1.0) / 2.0).clamp(0.0, 1.0)
