@@ -118,13 +118,14 @@ def real_leakage(model: BodyModel, real_dir, height: int = 768, overlays=None) -
         driving = driver.replace(pose=reference.pose, global_orient=reference.global_orient,
                                  expression=reference.expression)
         width = int(round(height * image.shape[1] / image.shape[0] / 16.0)) * 16
-        row, masks = {}, []
+        row, masks, person = {}, [], None
         for key, track in (("leakage_iou_reference", retarget(model, driving, reference)),
                            ("leakage_iou_driver_baseline", driving)):
             aligned = spatial_align(model, image, reference, track, width, height)
             mesh = rasterize_track(model, aligned.track.frames(0, 1), aligned.track.focal[:1], (height, width))[2]
             masks.append(mesh.mask[0].cpu().numpy())
-            person = person_mask(aligned.reference_image)
+            if person is None:  # the same aligned photo for both bodies: segment it once
+                person = person_mask(aligned.reference_image)
             row[key] = round(mask_scores(masks[-1], person)["silhouette_iou"], 3)
         key = f"{REAL_DRIVER.split('.')[0]}->{path.stem}"
         out[key] = row

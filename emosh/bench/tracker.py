@@ -282,11 +282,13 @@ def holistic_hands_only(path: Path, max_frames: int | None) -> float:
     from ..track.detect import Detector, stack_detections
     from ..video import iter_frames, resize_long_side
 
+    dets, size = [], None
     with Detector(recover_hands=False) as detector:
-        dets = [detector(resize_long_side(f, 512)) for f in iter_frames(path, max_frames=max_frames)]
-    landmarks, confidence = stack_detections(dets)
-    size = resize_long_side(next(iter_frames(path, max_frames=1)), 512).shape[:2]
-    return hand_found_given_wrist(landmarks, confidence, size)
+        for frame in iter_frames(path, max_frames=max_frames):
+            frame = resize_long_side(frame, 512)
+            size = frame.shape[:2]
+            dets.append(detector(frame))
+    return hand_found_given_wrist(*stack_detections(dets), size)
 
 
 def real_video(model: BodyModel, path: Path, max_frames: int | None) -> dict:
