@@ -208,6 +208,30 @@ def test_expression_correlation_scores_a_silent_fit_zero():
     assert expression_correlation(-truth, truth) < -0.999
 
 
+def test_face_size_ratios_see_a_fitted_face_that_is_too_small():
+    """The bench's face-size check: a fitted face 10 % smaller than the detected one about its own centre reads
+    0.9 (width, eye distance, height), the detected face itself reads 1."""
+    from emosh.bench.tracker import face_correlations
+    from emosh.body.track import LANDMARK_GROUPS
+    from helpers import synthetic_track
+
+    track = synthetic_track(frames=8, landmarks=True, confidence=torch.ones(8, NUM_LANDMARKS))
+    labels = [f"action{i}" for i in range(track.expression.shape[1])]
+    labels[:8] = ["jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft", "mouthSmileRight", "eyeLookOutLeft",
+                  "eyeLookInLeft", "eyeLookOutRight"]
+    labels[8] = "eyeLookInRight"
+    face = slice(*LANDMARK_GROUPS["face"])
+    detected = track.landmarks2d
+    smaller = detected.clone()
+    centre = detected[:, face].mean(1, keepdim=True)
+    smaller[:, face] = centre + 0.9 * (detected[:, face] - centre)
+    same = face_correlations(track, labels, detected)
+    shrunk = face_correlations(track, labels, smaller)
+    for key in ("face_width_ratio", "eye_distance_ratio", "face_height_ratio"):
+        assert same[key] == pytest.approx(1.0), (key, same)
+        assert shrunk[key] == pytest.approx(0.9, abs=1e-3), (key, shrunk)
+
+
 @pytest.mark.slow
 def test_fitted_facial_actions_follow_a_real_laughing_face(anny, shared_real):
     """Jaw, blinks and smile against the detector's raw face geometry (not a quantity the fit is scored on)."""

@@ -17,7 +17,8 @@ real: the real dance videos in ../shared/data/real (skipped when absent) → rep
 fps: end-to-end (decode + detect + fit) on a real video resized to 512 px.
 real_photos: every photo in ../shared/data/real, reference mode → silhouette_iou / precision / coverage of the
   fitted mesh against MediaPipe's selfie segmentation (not the mask the fitter uses), beside the landmarks-only fit.
-real_faces: talking / laughing clips → correlation of fitted facial actions with raw detected face geometry.
+real_faces: talking / laughing clips → correlation of fitted facial actions with raw detected face geometry, and
+  the fitted face's width / eye distance / height over the detected ones.
 """
 from __future__ import annotations
 
@@ -307,11 +308,13 @@ PHOTO_PATTERNS = ("photo_*", "ref_*")
 FACE_CLIPS = ("video_talking_gestures_man_1.mp4", "video_laughing_woman_dancing_hands.mp4")
 
 
-def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
+def face_correlations(track: EHMTrack, labels: list[str], fitted: torch.Tensor | None = None) -> dict[str, float]:
     """Correlation of fitted facial actions with raw detected face geometry, over frames with a detected face:
     jawOpen with the inner-lip gap, each eye's blink with minus that eye's lid opening, the summed smiles with the
     mouth width (distances divided by the detected face height, forehead 10 to chin 152), each eye's horizontal gaze
-    (look out − look in) with where its detected iris sits between the eye corners."""
+    (look out − look in) with where its detected iris sits between the eye corners. With the ``fitted`` landmarks
+    [T, 553, 2] also the fitted face's size against the detected one (median ratios; the target is 1 ± 0.03): width
+    (cheek 234 to cheek 454), eye distance (iris centre to iris centre) and height."""
     face = LANDMARK_GROUPS["face"][0]
     lm = track.landmarks2d.cpu().numpy()
     ok = (track.confidence[:, face:].cpu().numpy() > 0).all(1)
@@ -325,7 +328,14 @@ def face_correlations(track: EHMTrack, labels: list[str]) -> dict[str, float]:
         axis = lm[ok, face + outer] - lm[ok, face + inner]
         return ((lm[ok, face + iris] - lm[ok, face + inner]) * axis).sum(1) / (axis * axis).sum(1)
 
-    return dict(jaw_vs_lip_gap=corr(act("jawOpen"), dist(13, 14) / height),
+    sizes = {}
+    if fitted is not None:
+        fit = fitted.cpu().numpy()
+        fit_dist = lambda a, b: np.linalg.norm(fit[ok, face + a] - fit[ok, face + b], axis=1)  # noqa: E731
+        ratio = lambda a, b: round(float(np.median(fit_dist(a, b) / dist(a, b))), 3)  # noqa: E731
+        sizes = dict(face_width_ratio=ratio(234, 454), eye_distance_ratio=ratio(468, 473),
+                     face_height_ratio=ratio(10, 152))
+    return dict(**sizes, jaw_vs_lip_gap=corr(act("jawOpen"), dist(13, 14) / height),
                 blink_left_vs_eye_opening=corr(act("eyeBlinkLeft"), -dist(386, 374) / height),
                 blink_right_vs_eye_opening=corr(act("eyeBlinkRight"), -dist(159, 145) / height),
                 smile_vs_mouth_width=corr(act("mouthSmileLeft") + act("mouthSmileRight"), dist(61, 291) / height),
@@ -408,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in FACE_CLIPS:
             if (REAL_DIR / name).is_file():
                 track = track_file(REAL_DIR / name, model, long_side=512, max_frames=120)
-                result["real_faces"][Path(name).stem] = face_correlations(track, model.expression_labels)
+                result["real_faces"][Path(name).stem] = face_correlations(track, model.expression_labels,
+                                                                          fitted_landmarks2d(track, model))
         if not args.json:
             print("real_faces", result["real_faces"], flush=True)
     if args.photos_only:
@@ -432,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                          "expr_mae": "<= 0.5 x expr_mae_zero_baseline", "expr_corr_median": 0.8,
                          "shape_err": "<= 0.5 x shape_err_constant_baseline", "reproj_err_pct": 2.0,
                          "jitter_ratio": 0.6, "real_photos": {"silhouette_iou": 0.85, "precision": 0.93,
-                                                              "coverage": 0.85}}
+                                                              "coverage": 0.85},
+                         "real_faces": {"jaw_vs_lip_gap": 0.9, "blink_vs_eye_opening": 0.8,
+                                        "smile_vs_mouth_width": 0.7, "face_width_ratio": "1 +- 0.03",
+                                        "eye_distance_ratio": "1 +- 0.03"}}
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     emit(result)
     return 0
