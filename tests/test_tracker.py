@@ -216,10 +216,9 @@ def test_face_size_ratios_see_a_fitted_face_that_is_too_small():
     from helpers import synthetic_track
 
     track = synthetic_track(frames=8, landmarks=True, confidence=torch.ones(8, NUM_LANDMARKS))
-    labels = [f"action{i}" for i in range(track.expression.shape[1])]
-    labels[:8] = ["jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft", "mouthSmileRight", "eyeLookOutLeft",
-                  "eyeLookInLeft", "eyeLookOutRight"]
-    labels[8] = "eyeLookInRight"
+    read = ["jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft", "mouthSmileRight", "eyeLookOutLeft",
+            "eyeLookInLeft", "eyeLookOutRight", "eyeLookInRight"]  # the actions face_correlations reads
+    labels = read + [f"action{i}" for i in range(len(read), track.expression.shape[1])]
     face = slice(*LANDMARK_GROUPS["face"])
     detected = track.landmarks2d
     smaller = detected.clone()

@@ -318,7 +318,10 @@ def face_correlations(track: EHMTrack, labels: list[str], fitted: torch.Tensor |
     face = LANDMARK_GROUPS["face"][0]
     lm = track.landmarks2d.cpu().numpy()
     ok = (track.confidence[:, face:].cpu().numpy() > 0).all(1)
-    dist = lambda a, b: np.linalg.norm(lm[ok, face + a] - lm[ok, face + b], axis=1)  # noqa: E731
+    def dist(a: int, b: int, points: np.ndarray = lm) -> np.ndarray:
+        """Distance between face-mesh points a and b in the face frames (detected unless ``points`` says)."""
+        return np.linalg.norm(points[ok, face + a] - points[ok, face + b], axis=1)
+
     height = dist(10, 152)
     e = track.expression.cpu().numpy()[ok]
     act = lambda name: e[:, labels.index(name)]  # noqa: E731
@@ -331,8 +334,7 @@ def face_correlations(track: EHMTrack, labels: list[str], fitted: torch.Tensor |
     sizes = {}
     if fitted is not None:
         fit = fitted.cpu().numpy()
-        fit_dist = lambda a, b: np.linalg.norm(fit[ok, face + a] - fit[ok, face + b], axis=1)  # noqa: E731
-        ratio = lambda a, b: round(float(np.median(fit_dist(a, b) / dist(a, b))), 3)  # noqa: E731
+        ratio = lambda a, b: round(float(np.median(dist(a, b, fit) / dist(a, b))), 3)  # noqa: E731
         sizes = dict(face_width_ratio=ratio(234, 454), eye_distance_ratio=ratio(468, 473),
                      face_height_ratio=ratio(10, 152))
     return dict(**sizes, jaw_vs_lip_gap=corr(act("jawOpen"), dist(13, 14) / height),
