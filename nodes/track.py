@@ -22,8 +22,7 @@ CATEGORY = f"{ROOT_CATEGORY}/track"
 TRACK_SUFFIX = ".safetensors"
 TRACK_MODES = ("video", "reference image")
 EXPORT_FORMATS = ("bvh", "glb", "bvh+glb", "ply sequence")
-SHAPE_SLIDERS = ("gender", "age", "muscle", "weight", "height", "proportions",  # Anny's shape entries
-                 "head_size")
+SHAPE_SLIDERS = ("gender", "age", "muscle", "weight", "height", "proportions")  # Anny phenotypes
 
 
 def _track_input(name: str, tooltip: str, optional: bool = False) -> io.Input:
@@ -160,7 +159,7 @@ class EHMTrackEdit(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         sliders = [io.Float.Input(name, default=0.0, min=-1.0, max=1.0, step=0.01,
                                   display_mode=io.NumberDisplay.slider,
-                                  tooltip=f"Change of the body's {name} (Anny shape, 0..1 scale; 0 = unchanged).")
+                                  tooltip=f"Change of the body's {name} (Anny phenotype, 0..1 scale; 0 = unchanged).")
                    for name in SHAPE_SLIDERS]
         return io.Schema(
             node_id="EmoshTrackEdit",

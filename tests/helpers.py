@@ -26,7 +26,7 @@ from emosh.body import NUM_LANDMARKS, EHMTrack
 from emosh.body.camera import default_focal, view_rotation
 
 REPO = Path(__file__).resolve().parents[1]
-ANNY_SIZES = {"pose": 103, "expression": 52, "shape": 7, "up_axis": 2}  # format tests need no loaded model
+ANNY_SIZES = {"pose": 103, "expression": 52, "shape": 6, "up_axis": 2}  # format tests need no loaded model
 TEXT_DIM = 32
 
 

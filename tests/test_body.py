@@ -24,7 +24,7 @@ def test_anny_layout(anny):
     assert int(anny.faces.max()) == anny.num_vertices - 1
     assert len(anny.pose_labels) == 103 and len(anny.joint_labels) == 104
     assert len(anny.expression_labels) == 52 and "jawOpen" in anny.expression_labels
-    assert anny.shape_labels == ["gender", "age", "muscle", "weight", "height", "proportions", "head_size"]
+    assert anny.shape_labels == ["gender", "age", "muscle", "weight", "height", "proportions"]
     assert anny.face_uvs.shape == anny.faces.shape and float(anny.uvs.min()) >= 0 and float(anny.uvs.max()) <= 1
     # every part is used, and hands hold the finger vertices
     counts = torch.bincount(anny.part_labels, minlength=len(anny.part_names))
@@ -36,7 +36,7 @@ def test_anny_layout(anny):
 
 def test_forward_shapes_and_determinism(anny):
     motion = _random_motion(anny, 4)
-    shape = torch.rand(len(anny.shape_labels), generator=torch.Generator().manual_seed(1))
+    shape = torch.rand(6, generator=torch.Generator().manual_seed(1))
     a = anny(shape, **motion)
     b = anny(shape, **motion)
     assert a.vertices.shape == (4, 13718, 3) and a.joints.shape == (4, 104, 3)
@@ -52,8 +52,8 @@ def test_matches_anny_reference_forward(anny):
     from emosh.body.model import apply_global
 
     motion = _random_motion(anny, 3, seed=5)
-    shape = torch.rand(6, generator=torch.Generator().manual_seed(2))  # phenotypes; anny has no head size
-    ours = anny(torch.cat([shape, torch.tensor([0.5])]), **motion).vertices
+    shape = torch.rand(6, generator=torch.Generator().manual_seed(2))
+    ours = anny(shape, **motion).vertices
     deltas = torch.eye(4).repeat(3, 104, 1, 1)
     deltas[:, 1:, :3, :3] = roma.rotvec_to_rotmat(motion["pose"])
     ref = anny._model(pose_parameters=deltas, phenotype_kwargs=shape[None], facial_actions=motion["expression"])
@@ -67,13 +67,12 @@ def test_bone_kinematics_match_anny(anny):
     import roma
 
     motion = _random_motion(anny, 4, seed=9)
-    phenotypes = torch.rand(6, generator=torch.Generator().manual_seed(4))
-    shape = torch.cat([phenotypes, torch.tensor([0.5])])  # Anny's own head: its bone transforms are ours
+    shape = torch.rand(6, generator=torch.Generator().manual_seed(4))
     bones = anny.pose_bones(anny.rest_skeleton(shape), motion["pose"], motion["global_orient"],
                             motion["translation"])
     m = anny._model
     rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(
-        phenotypes[None], torch.zeros(1, len(m.local_change_labels)), torch.zeros(1, len(anny.expression_labels))))
+        shape[None], torch.zeros(1, len(m.local_change_labels)), torch.zeros(1, len(anny.expression_labels))))
     deltas = torch.eye(4).repeat(4, len(anny.joint_labels), 1, 1)
     deltas[:, 1:, :3, :3] = roma.rotvec_to_rotmat(motion["pose"])
     _, poses = m.get_bone_transforms(deltas, rest["rest_bone_poses"])
@@ -91,11 +90,11 @@ def test_skinning_paths_agree(anny):
     """The sparse shared-rest path (one shape, no gradients, rest mesh cached per shape) gives the vertices of the
     differentiable per-frame path, also when shapes alternate between calls."""
     motion = _random_motion(anny, 5, seed=7)
-    shapes = torch.rand(2, len(anny.shape_labels), generator=torch.Generator().manual_seed(3))
+    shapes = torch.rand(2, 6, generator=torch.Generator().manual_seed(3))
     for shape in (shapes[0], shapes[1], shapes[0]):
         with torch.no_grad():
             fast = anny(shape, **motion).vertices
-        per_frame = anny(shape.expand(5, -1), **motion).vertices
+        per_frame = anny(shape.expand(5, 6), **motion).vertices
         differentiable = anny(shape.clone().requires_grad_(), **motion).vertices
         assert differentiable.requires_grad and not fast.requires_grad
         assert (fast - per_frame).abs().max() < 1e-5
@@ -105,13 +104,13 @@ def test_skinning_paths_agree(anny):
 
 def test_shape_changes_vertices_not_motion(anny):
     motion = anny.zero_motion(1)
-    short = anny(anny.make_shape(height=0.1), **motion)
-    tall = anny(anny.make_shape(height=0.9), **motion)
+    short = anny(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.1, 0.5]), **motion)
+    tall = anny(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.9, 0.5]), **motion)
     up = anny.up_axis
     height = lambda v: float(v[0, :, up].max() - v[0, :, up].min())
     assert height(tall.vertices) > height(short.vertices) + 0.1
-    heavy = anny(anny.make_shape(weight=1.0), **motion)
-    light = anny(anny.make_shape(weight=0.0), **motion)
+    heavy = anny(torch.tensor([0.5, 0.5, 0.5, 1.0, 0.5, 0.5]), **motion)
+    light = anny(torch.tensor([0.5, 0.5, 0.5, 0.0, 0.5, 0.5]), **motion)
     assert (heavy.vertices - light.vertices).norm(dim=-1).max() > 0.02
     torso = anny.part_labels == anny.part_index("torso")
     depth = lambda v: float(v[0, torso, 1].max() - v[0, torso, 1].min())
@@ -191,28 +190,3 @@ def test_anny_runs_on_cuda(anny):
     out = gpu(gpu.default_shape(), **motion)
     cpu = anny(anny.default_shape(), **{k: v.cpu() for k, v in motion.items()})
     assert out.vertices.is_cuda and (out.vertices.cpu() - cpu.vertices).abs().max() < 1e-3
-
-
-def test_head_size_scales_the_head_alone(anny):
-    """head_size scales the head (and its facial offsets) about the neck's top; the rest of the body stays put."""
-    from emosh.body.anny_backend import HEAD_BONES, HEAD_SCALE
-
-    motion = _random_motion(anny, 2, seed=11)
-    small, large = anny.make_shape(head_size=0.0), anny.make_shape(head_size=1.0)
-    a, b = anny(small, **motion).vertices, anny(large, **motion).vertices
-    head = anny.part_labels == anny.part_index("head")
-    weights = anny.skinning_weights(torch.arange(anny.num_vertices))
-    body = weights[:, [anny.joint_labels.index(b) for b in HEAD_BONES]].sum(1) == 0
-    extent = lambda v: (v - v.mean(1, keepdim=True)).norm(dim=-1).mean(1)  # noqa: E731
-    ratio = extent(b[:, head]) / extent(a[:, head])
-    assert torch.allclose(ratio, torch.tensor(HEAD_SCALE[1] / HEAD_SCALE[0]), rtol=0.02), ratio
-    assert (a[:, body] - b[:, body]).abs().max() < 1e-6
-    # the face's expression moves scale with the head: jawOpen's chin travel
-    jaw = anny.expression_labels.index("jawOpen")
-    travel = []
-    for shape in (small, large):
-        closed = anny.zero_motion(1)
-        opened = anny.zero_motion(1)
-        opened["expression"][0, jaw] = 1.0
-        travel.append((anny(shape, **opened).vertices - anny(shape, **closed).vertices).norm(dim=-1).max())
-    assert float(travel[1] / travel[0]) == pytest.approx(HEAD_SCALE[1] / HEAD_SCALE[0], rel=0.02)

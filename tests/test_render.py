@@ -112,7 +112,7 @@ def test_rasterize_cuda_matches_cpu():
 
 @pytest.fixture(scope="module")
 def motion_track(anny):
-    return dance_track(anny, anny.make_shape(**SHAPES["adult"]), 4, height=192, width=128, distance=2.6)
+    return dance_track(anny, torch.tensor(SHAPES["adult"]), 4, height=192, width=128, distance=2.6)
 
 
 def test_semantic_colour_is_fixed_per_surface_point(anny, motion_track):
@@ -138,7 +138,7 @@ def test_semantic_colour_is_fixed_per_surface_point(anny, motion_track):
 
 
 def test_keypoints_behind_the_body_are_not_drawn(anny):
-    front = dance_track(anny, anny.make_shape(**SHAPES["adult"]), 1, height=384, width=256, distance=2.2)
+    front = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=384, width=256, distance=2.2)
     back = front.replace(global_orient=torch.tensor([[0.0, 0.0, math.pi]]))
     for style in ("dwpose",):
         images = {name: render_all(anny, t, ("keypoints",), keypoint_style=style, as_uint8=True)["keypoints"][0]
@@ -404,7 +404,7 @@ def test_unianimate_peer_pipeline_is_uniAnimates_jpeg_on_a_stretched_canvas(anny
     from emosh.render.renderer import output_focal, rasterize_track
     from emosh.body.landmarks import mesh_landmarks
 
-    track = dance_track(anny, anny.make_shape(**SHAPES["adult"]), 1, height=160, width=128, distance=2.6)
+    track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=160, width=128, distance=2.6)
     kwargs = dict(keypoint_style="unianimate", width=512, height=768, as_uint8=True)
     peer = render_all(anny, track, ("keypoints",), peer_pipeline=True, **kwargs)["keypoints"][0].numpy()
     lossless = render_all(anny, track, ("keypoints",), **kwargs)["keypoints"][0].numpy()
@@ -438,7 +438,7 @@ def test_dwpose_peer_pipeline_draws_at_512_short_side_and_resizes(anny):
     from emosh.render.renderer import output_focal, rasterize_track
     from emosh.body.landmarks import mesh_landmarks
 
-    track = dance_track(anny, anny.make_shape(**SHAPES["adult"]), 1, height=1280, width=720, distance=2.6)
+    track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=1280, width=720, distance=2.6)
     kwargs = dict(keypoint_style="dwpose", as_uint8=True)
     peer = render_all(anny, track, ("keypoints",), peer_pipeline=True, **kwargs)["keypoints"][0].numpy()
     lossless = render_all(anny, track, ("keypoints",), **kwargs)["keypoints"][0].numpy()
@@ -478,7 +478,7 @@ def test_cli_scail_mode_defaults_to_scails_size(anny, tmp_path):
     from emosh.cli import main
     from emosh.video import read_image
 
-    track = dance_track(anny, anny.make_shape(**SHAPES["adult"]), 1, height=240, width=160, distance=2.6)
+    track = dance_track(anny, torch.tensor(SHAPES["adult"]), 1, height=240, width=160, distance=2.6)
     track.save(tmp_path / "t.safetensors")
     assert main(["render", str(tmp_path / "t.safetensors"), "--mode", "scail", "--out", str(tmp_path / "f")]) == 0
     frame = read_image(tmp_path / "f" / "000000.png")

@@ -18,10 +18,10 @@ from emosh.retarget import leg_length, lowest_foot, retarget
 
 @pytest.fixture(scope="module")
 def pair(anny):
-    driver = dance_track(anny, anny.make_shape(**SHAPES["slim_adult"]), 6, height=192, width=128)
+    driver = dance_track(anny, torch.tensor(SHAPES["slim_adult"]), 6, height=192, width=128)
     driver = driver.replace(translation=driver.translation + torch.linspace(0, 0.5, 6)[:, None] * torch.tensor(
         [1.0, 0.0, 0.0]))
-    reference = dance_track(anny, anny.make_shape(**SHAPES["child"]), 1, height=160, width=200)
+    reference = dance_track(anny, torch.tensor(SHAPES["child"]), 1, height=160, width=200)
     return driver, reference
 
 
@@ -68,7 +68,7 @@ def _box(mask: torch.Tensor) -> np.ndarray:
 def test_align_puts_the_person_on_the_reference_within_two_pixels(anny):
     # Reference: a person off-centre in a landscape photo. Retargeted track: the same body and pose at the anchor,
     # filmed by another camera (portrait, other distance, other side).
-    shape = anny.make_shape(**SHAPES["heavy_adult"])
+    shape = torch.tensor(SHAPES["heavy_adult"])
     reference = dance_track(anny, shape, 1, height=300, width=400, distance=3.5)
     reference = reference.replace(cam_t=reference.cam_t + torch.tensor([0.6, -0.1, 0.0]))
     moving = dance_track(anny, shape, 3, height=256, width=192, distance=2.2)
@@ -150,8 +150,8 @@ def test_align_turns_the_body_to_face_like_the_reference(anny):
 
     from emosh.align import camera_orientation
 
-    reference = dance_track(anny, anny.make_shape(**SHAPES["slim_adult"]), 1, height=160, width=120)
-    moving = dance_track(anny, anny.make_shape(**SHAPES["slim_adult"]), 4, height=160, width=120)
+    reference = dance_track(anny, torch.tensor(SHAPES["slim_adult"]), 1, height=160, width=120)
+    moving = dance_track(anny, torch.tensor(SHAPES["slim_adult"]), 4, height=160, width=120)
     tilt = torch.tensor([[0.5, 0.0, 0.0], [0.5, 0.2, 0.0], [0.4, 0.1, 0.3], [0.3, 0.0, 0.0]])  # seen from below
     moving = moving.replace(global_orient=roma.rotvec_composition([tilt, moving.global_orient]))
     image = np.zeros((160, 120, 3), np.uint8)
@@ -171,8 +171,8 @@ def test_retargeted_silhouette_is_the_reference_body_not_the_driver(anny):
     from emosh.retarget import retarget
 
     for driver_name, reference_name in (("slim_adult", "heavy_adult"), ("adult", "child")):
-        driver = dance_track(anny, anny.make_shape(**SHAPES[driver_name]), 4, height=192, width=128)
-        reference = dance_track(anny, anny.make_shape(**SHAPES[reference_name]), 1, height=192, width=128)
+        driver = dance_track(anny, torch.tensor(SHAPES[driver_name]), 4, height=192, width=128)
+        reference = dance_track(anny, torch.tensor(SHAPES[reference_name]), 1, height=192, width=128)
         truth = ground_truth(anny, driver, reference.shape)
         assert mask_iou(anny, retarget(anny, driver, reference), truth) >= 0.97
         assert mask_iou(anny, driver, truth) < 0.9

@@ -93,15 +93,3 @@ def test_load_rejects_bad_files(tmp_path):
         EHMTrack.load(_write_raw(tmp_path / "nan.safetensors", bad, meta))
     with pytest.raises(TrackFormatError, match="invalid track metadata"):
         EHMTrack.load(_write_raw(tmp_path / "meta.safetensors", tensors, {**meta, "image_size": "{"}))
-
-
-def test_format_1_anny_track_gets_anny_own_head_size(tmp_path):
-    """Format 1 stored Anny's six phenotypes; loading adds head_size at 0.5 (the head those tracks were made with)."""
-    good = synthetic_track(frames=5)
-    tensors = {k: v.contiguous() for k, v in good.tensors().items()}
-    tensors["shape"] = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.6, 0.7])
-    meta = {"format": "emosh.EHMTrack", "format_version": "1", "backend": "anny", "backend_version": "x",
-            "image_size": json.dumps([768, 512]), "fps": "30.0", "meta": "{}"}
-    loaded = EHMTrack.load(_write_raw(tmp_path / "v1.safetensors", tensors, meta))
-    assert loaded.shape.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.5])
-    assert EHMTrack.load(loaded.save(tmp_path / "v2.safetensors")).shape.shape == (7,)

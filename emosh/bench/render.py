@@ -28,11 +28,11 @@ from ..body.camera import default_focal, view_rotation
 from ..body.model import BodyModel
 from .common import emit, median_ms
 
-SHAPES = {  # Anny shape entries (the others at 0.5), for BodyModel.make_shape
-    "slim_adult": dict(gender=0.3, age=0.6, muscle=0.4, weight=0.05, height=0.7),
-    "heavy_adult": dict(gender=0.7, age=0.65, muscle=0.5, weight=1.0, height=0.4),
-    "adult": dict(age=0.6, height=0.6),
-    "child": dict(age=0.12),
+SHAPES = {  # Anny phenotypes: gender, age, muscle, weight, height, proportions
+    "slim_adult": (0.3, 0.6, 0.4, 0.05, 0.7, 0.5),
+    "heavy_adult": (0.7, 0.65, 0.5, 1.0, 0.4, 0.5),
+    "adult": (0.5, 0.6, 0.5, 0.5, 0.6, 0.5),
+    "child": (0.5, 0.12, 0.5, 0.5, 0.5, 0.5),
 }
 PAIRS = (("slim_adult", "heavy_adult"), ("heavy_adult", "slim_adult"), ("adult", "child"))
 
@@ -165,7 +165,7 @@ def main(argv: list[str]) -> int:
     model = load_body_model("anny", args.device)
     result: dict = {"device": args.device, "threads": torch.get_num_threads(), "width": 512, "height": 768,
                     "batch_size": 16, "load_avg_1min_before": round(os.getloadavg()[0], 2)}
-    track = dance_track(model, model.make_shape(**SHAPES["adult"]), 16)
+    track = dance_track(model, torch.tensor(SHAPES["adult"]), 16)
     for name, as_uint8 in (("ms_per_frame_hybrid", True), ("ms_per_frame_hybrid_float", False)):
         cpu_start = time.process_time()
         batch_ms = median_ms(lambda: list(render_track(model, track, ("hybrid",), batch_size=16, as_uint8=as_uint8)),
@@ -176,8 +176,8 @@ def main(argv: list[str]) -> int:
     result["target_ms_per_frame_hybrid"] = 40
     leakage = {}
     for driver_name, reference_name in PAIRS:
-        driver = dance_track(model, model.make_shape(**SHAPES[driver_name]), args.frames)
-        reference = dance_track(model, model.make_shape(**SHAPES[reference_name]), 1)
+        driver = dance_track(model, torch.tensor(SHAPES[driver_name]), args.frames)
+        reference = dance_track(model, torch.tensor(SHAPES[reference_name]), 1)
         truth = ground_truth(model, driver, reference.shape)
         out = retarget(model, driver, reference)
         leakage[f"{driver_name}->{reference_name}"] = {

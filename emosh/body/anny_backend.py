@@ -1,8 +1,6 @@
 """Anny backend (default): Apache-2.0 body model whose assets ship inside the ``anny`` wheel.
 
-Shape  = the 6 default phenotypes (gender, age, muscle, weight, height, proportions), then ``head_size``, each in
-         [0, 1]. Anny's head follows the phenotypes (weight, muscle and proportions do not change it at all), real
-         heads do not; head_size scales the head bones (0.5 = Anny's own head, see HEAD_SCALE).
+Shape  = the 6 default phenotypes (gender, age, muscle, weight, height, proportions), each in [0, 1].
 Motion = 103 local bone rotations (every Anny bone except ``root``: body, toes, fingers, eyes) as axis-angle,
          52 ARKit facial actions (the jaw opens through ``jawOpen``; the "anny" rig has no jaw bone),
          global orientation + translation applied about the model origin (at the pelvis).
@@ -35,9 +33,6 @@ _BONE_PREFIX_TO_PART = [  # first match wins; side suffix appended for .L/.R bon
     ("wrist", "hand"), ("finger", "hand"), ("metacarpal", "hand"),
     ("upperleg", "upper_leg"), ("lowerleg", "lower_leg"), ("foot", "foot"), ("toe", "foot"),
 ]
-
-HEAD_SCALE = (0.85, 1.15)  # head-bone scale at head_size 0 and 1 (a scale in the skinning: eyes, expressions too)
-HEAD_BONES = ("head", "eye.L", "eye.R")  # the head bone and its children
 
 _cache: dict[str, "AnnyBody"] = {}
 _cache_lock = threading.Lock()
@@ -76,7 +71,7 @@ class AnnyBody(BodyModel):
         for p in self._model.parameters():
             p.requires_grad_(False)
         m = self._model
-        self.shape_labels = list(m.phenotype_labels) + ["head_size"]
+        self.shape_labels = list(m.phenotype_labels)
         self.expression_labels = list(m.facial_action_labels)
         self.joint_labels = list(m.bone_labels)
         self.pose_labels = self.joint_labels[1:]
@@ -95,7 +90,6 @@ class AnnyBody(BodyModel):
         n_pheno = self._model.blendshapes.shape[0] - n_face - 2 * len(self._model.local_change_labels)
         self._facial_blendshapes = self._model.blendshapes[n_pheno:n_pheno + n_face].reshape(n_face, -1)
         self._tree = BoneTree(self.joint_parents, self.device)
-        self._head_bones = torch.tensor([self.joint_labels.index(b) for b in HEAD_BONES], device=self.device)
         self._build_sparse_skinning()
         # anny makes a new warp kernel object on every skinning call; two calls at once (two ComfyUI requests, two
         # threads) then race inside warp ("'Adjoint' object has no attribute 'tid_extent_limit_candidate'").
@@ -105,12 +99,16 @@ class AnnyBody(BodyModel):
 
     def forward(self, shape, pose, global_orient, translation, expression) -> BodyOutput:
         b = check_motion(self, pose, global_orient, translation, expression)
-        shape = self._shape_rows(shape)
+        shape = shape.to(self.device, torch.float32)
+        phenotypes = shape[None] if shape.dim() == 1 else shape
+        if phenotypes.shape[-1] != len(self.shape_labels):
+            raise ValueError(f"anny body model: shape must have {len(self.shape_labels)} phenotypes "
+                             f"{self.shape_labels}, got {tuple(shape.shape)}")
         expression = expression.to(self.device)
         differentiable = torch.is_grad_enabled() and any(
             t.requires_grad for t in (shape, pose, global_orient, translation, expression))
-        shared_rest = shape.shape[0] == 1 and not differentiable
-        rest, lifted = self._cached_rest(shape) if shared_rest else (self.rest_skeleton(shape), None)
+        shared_rest = phenotypes.shape[0] == 1 and not differentiable
+        rest, lifted = self._cached_rest(phenotypes) if shared_rest else (self.rest_skeleton(phenotypes), None)
         # the global rigid motion is folded into every bone (skinning weights sum to one)
         bones = self.pose_bones(rest, pose.to(self.device), global_orient.to(self.device), translation.to(self.device))
         transforms = bones.matrices()
@@ -122,29 +120,14 @@ class AnnyBody(BodyModel):
         return BodyOutput(vertices=verts, joints=bones.joints)
 
     def rest_skeleton(self, shape: torch.Tensor) -> RestSkeleton:
-        """Anny's rest mesh and skeleton for shape [S] or [R, S] (no local changes, no facial actions); the head
-        size is a scale of the head bones, so it acts in the skinning (the rest vertices are Anny's own)."""
+        """Anny's rest mesh and skeleton for phenotypes [S] or [R, S] (no local changes, no facial actions)."""
         m = self._model
-        shape = self._shape_rows(shape)
-        phenotypes, head_size = shape[:, :-1], shape[:, -1]
+        phenotypes = shape.to(self.device, torch.float32)
+        phenotypes = phenotypes[None] if phenotypes.dim() == 1 else phenotypes
         no_face = torch.zeros(1, len(self.expression_labels), device=self.device)
         no_local = torch.zeros(1, len(m.local_change_labels), device=self.device)
         rest = m.get_rest_model(m._get_phenotype_blendshape_coefficients(phenotypes, no_local, no_face))
-        low, high = HEAD_SCALE
-        scale = torch.ones(shape.shape[0], len(self.joint_labels), device=self.device)
-        head = (low + (high - low) * head_size)[:, None].expand(-1, len(HEAD_BONES))
-        scale = scale.index_copy(1, self._head_bones, head)
-        return self._tree.rest(rest["rest_vertices"], rest["rest_bone_poses"], m.reference_bone_orientations, scale)
-
-    def _shape_rows(self, shape: torch.Tensor) -> torch.Tensor:
-        """[S] or [R, S] → [R, S] float on the model's device."""
-        shape = shape.to(self.device, torch.float32)
-        shape = shape[None] if shape.dim() == 1 else shape
-        n = len(self.shape_labels)
-        if shape.dim() != 2 or shape.shape[-1] != n:
-            raise ValueError(f"anny body model: shape must have {n} entries {self.shape_labels}, "
-                             f"got {tuple(shape.shape)}")
-        return shape
+        return self._tree.rest(rest["rest_vertices"], rest["rest_bone_poses"], m.reference_bone_orientations)
 
     def pose_bones(self, rest: RestSkeleton, pose: torch.Tensor, global_orient: torch.Tensor,
                    translation: torch.Tensor) -> PosedBones:

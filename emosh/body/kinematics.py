@@ -2,13 +2,11 @@
 reference frame (Anny's "local-ref" convention), written once for the full mesh, the tracker's landmark skinning
 and the BVH exporter.
 
-Steps, with D_c the bone's pose rotation, R_c its rest orientation, Q_c its reference (zero-pose) orientation,
-h_c its rest head and s_c its uniform scale (1 but for the head bones when a head size is fitted):
+Steps, with D_c the bone's pose rotation, R_c its rest orientation, Q_c its reference (zero-pose) orientation and
+h_c its rest head:
   1. bone rotation (relative to the zero pose):  G_root = R(global_orient) · Q_rootᵀ,  G_c = G_parent · D_c
-  2. joint position:  j_root = translation,  j_c = j_parent + G_parent · o_c,
-     o_c = s_parent A_parent (h_c − h_parent)
-  3. skinning transform:  x ↦ s_c G_c A_c (x − h_c) + j_c,  A_c = Q_c R_cᵀ  (reference · rest⁻¹; A_root = I in
-     step 2)
+  2. joint position:  j_root = translation,  j_c = j_parent + G_parent · o_c,  o_c = A_parent (h_c − h_parent)
+  3. skinning transform:  x ↦ G_c A_c (x − h_c) + j_c,  A_c = Q_c R_cᵀ  (reference · rest⁻¹; A_root = I in step 2)
 Working level by level on 3×3 rotations is several times faster than a generic chain of 4×4 transforms;
 ``tests/test_body.py`` checks the result against anny's own ``get_bone_transforms``.
 """
@@ -23,21 +21,19 @@ import torch
 @dataclass
 class RestSkeleton:
     """One body shape at rest (leading dim R = 1, or one per frame). vertices [R, V, 3], heads [R, J, 3],
-    offsets [R, J, 3] (step 2's o), A [R, J, 3, 3], root [R, 3, 3] (Q_rootᵀ), scale [R, J] (step 3's s)."""
+    offsets [R, J, 3] (step 2's o), A [R, J, 3, 3], root [R, 3, 3] (Q_rootᵀ)."""
 
     vertices: torch.Tensor
     heads: torch.Tensor
     offsets: torch.Tensor
     A: torch.Tensor
     root: torch.Tensor
-    scale: torch.Tensor
 
 
 @dataclass
 class PosedBones:
     """B posed frames: rotations [B, J, 3, 3] (G: each bone's world rotation relative to its zero pose, what a BVH
-    channel holds), joints [B, J, 3] and the skinning transforms x ↦ skin_rotations · x + skin_translations
-    (``skin_rotations`` = s G A: a rotation times the bone's scale)."""
+    channel holds), joints [B, J, 3] and the skinning transforms x ↦ skin_rotations · x + skin_translations."""
 
     rotations: torch.Tensor
     joints: torch.Tensor
@@ -79,21 +75,18 @@ class BoneTree:
         self.parent_within = [torch.tensor([within[int(p)] for p in self.parents[idx].tolist()], device=device)
                               for idx in self.levels]
 
-    def rest(self, vertices: torch.Tensor, rest_bone_poses: torch.Tensor, reference: torch.Tensor | None,
-             scale: torch.Tensor | None = None) -> RestSkeleton:
+    def rest(self, vertices: torch.Tensor, rest_bone_poses: torch.Tensor,
+             reference: torch.Tensor | None) -> RestSkeleton:
         """``vertices`` [R, V, 3], ``rest_bone_poses`` [R, J, 4, 4], ``reference`` [J, 3, 3] (None: the rest
-        orientations are the zero pose), ``scale`` [R, J] (None: 1) → the rest quantities of the module docstring."""
+        orientations are the zero pose) → the rest quantities of the module docstring."""
         rot, heads = rest_bone_poses[..., :3, :3], rest_bone_poses[..., :3, 3]
-        if scale is None:
-            scale = heads.new_ones(heads.shape[:2])
         ref = rot if reference is None else reference.to(rot)[None].expand_as(rot)
         A = ref @ rot.transpose(-1, -2)
         parent = self.parents.clamp(min=0)
         eye = torch.eye(3, dtype=A.dtype, device=A.device).expand(A.shape[0], 1, 3, 3)
         A_parent = torch.cat([eye, A[:, 1:]], 1)[:, parent]
-        scale_parent = torch.cat([scale.new_ones(scale.shape[0], 1), scale[:, 1:]], 1)[:, parent]
-        offsets = scale_parent[..., None] * (A_parent @ (heads - heads[:, parent])[..., None])[..., 0]
-        return RestSkeleton(vertices, heads, offsets, A, ref[:, 0].transpose(-1, -2), scale)
+        offsets = (A_parent @ (heads - heads[:, parent])[..., None])[..., 0]
+        return RestSkeleton(vertices, heads, offsets, A, ref[:, 0].transpose(-1, -2))
 
     def pose(self, rest: RestSkeleton, pose: torch.Tensor, global_orient: torch.Tensor,
              translation: torch.Tensor) -> PosedBones:
@@ -108,6 +101,6 @@ class BoneTree:
             Jp.append(Jp[-1][:, par] + (g_par @ offsets[:, idx, :, None])[..., 0])
             G.append(g_par @ rots[:, idx - 1])
         G, joints = torch.cat(G, 1)[:, self.order], torch.cat(Jp, 1)[:, self.order]
-        skin_rot = rest.scale[..., None, None] * (G @ rest.A)
+        skin_rot = G @ rest.A
         skin_trans = joints - (skin_rot @ rest.heads[..., None])[..., 0]
         return PosedBones(G, joints, skin_rot, skin_trans)

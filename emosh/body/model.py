@@ -54,16 +54,6 @@ class BodyModel(ABC):
 
     shape_default_value: float = 0.0
 
-    def make_shape(self, **values: float) -> torch.Tensor:
-        """The average body with the named shape entries set, e.g. ``make_shape(weight=1.0, age=0.1)``."""
-        unknown = sorted(set(values) - set(self.shape_labels))
-        if unknown:
-            raise ValueError(f"{self.backend} body model has no shape entries {unknown}; it has {self.shape_labels}")
-        shape = self.default_shape()
-        for name, value in values.items():
-            shape[self.shape_labels.index(name)] = float(value)
-        return shape
-
     @abstractmethod
     def forward(
         self,

@@ -19,7 +19,7 @@ from ..errors import InputError, TrackFormatError
 from ..paths import atomic_output
 from ..safeio import read_safetensors
 
-FORMAT_VERSION = 2  # 2: Anny shapes end with head_size (format 1 held the six phenotypes alone)
+FORMAT_VERSION = 1
 
 # MediaPipe Holistic landmark layout stored in ``confidence`` / ``landmarks2d`` (one table for every stage).
 LANDMARK_GROUPS: dict[str, tuple[int, int]] = {
@@ -205,14 +205,11 @@ class EHMTrack:
         unknown = set(tensors) - set(("shape",) + _PER_FRAME + _OPTIONAL)
         if unknown:
             raise TrackFormatError(f"{path} has unknown track fields {sorted(unknown)}")
-        backend = metadata.get("backend", "?")
-        if version < 2 and backend == "anny" and tensors["shape"].shape == (6,):
-            tensors["shape"] = torch.cat([tensors["shape"], tensors["shape"].new_full((1,), 0.5)])  # Anny's own head
         try:
             image_size = tuple(json.loads(metadata["image_size"]))
             fps = float(metadata["fps"])
             meta = json.loads(metadata.get("meta", "{}"))
         except (KeyError, ValueError, TypeError) as exc:
             raise TrackFormatError(f"{path} has invalid track metadata ({exc})") from exc
-        return cls(backend=backend, backend_version=metadata.get("backend_version", "?"),
+        return cls(backend=metadata.get("backend", "?"), backend_version=metadata.get("backend_version", "?"),
                    image_size=image_size, fps=fps, meta=meta, **tensors)
