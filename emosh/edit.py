@@ -72,31 +72,6 @@ def retime(track: EHMTrack, fps: float, frames: int | None = None, offset: float
 
 
 # ---------------------------------------------------------------------------------------------- Track Edit
-def parse_camera_keys(text: str) -> list[CameraKey]:
-    """Keyframes from text, one per line: ``frame zoom [pan_x [pan_y]]`` (commas allowed; ``#`` starts a comment)."""
-    keys = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].replace(",", " ").strip()
-        if not line:
-            continue
-        parts = line.split()
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise InputError(f"Camera keyframe line {number} ({raw.strip()!r}): expected numbers "
-                             f"'frame zoom [pan_x [pan_y]]'") from None
-        if not 2 <= len(values) <= 4 or values[0] != int(values[0]) or values[0] < 0:
-            raise InputError(f"Camera keyframe line {number} ({raw.strip()!r}): expected 'frame zoom [pan_x [pan_y]]' "
-                             f"with a whole, non-negative frame number")
-        if values[1] <= 0:
-            raise InputError(f"Camera keyframe line {number}: zoom must be positive, got {values[1]}")
-        keys.append(CameraKey(int(values[0]), *values[1:]))
-    frames = [k.frame for k in keys]
-    if len(set(frames)) != len(frames):
-        raise InputError(f"Camera keyframes repeat a frame: {sorted(frames)}")
-    return sorted(keys, key=lambda k: k.frame)
-
-
 def apply_shape_offsets(track: EHMTrack, model: BodyModel, offsets: dict[str, float]) -> EHMTrack:
     """Add ``offsets`` to the named shape entries (Anny phenotypes live in [0, 1] and are clamped there)."""
     active = {k: float(v) for k, v in offsets.items() if v != 0.0}

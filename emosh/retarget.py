@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from .body.camera import CameraKey, apply_camera_keys
+from .body.camera import CameraKey, apply_camera_keys, parse_camera_keys
 from .body.joints import expression_groups, eye_joints, hand_joints, limb_joints, slerp_rotvec
 from .body.model import BodyModel
 from .body.track import CONF_GATE, EHMTrack, seen_landmarks
@@ -219,7 +219,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_retarget(args: argparse.Namespace) -> dict:
     from .body import load_body_model
-    from .edit import parse_camera_keys
 
     driving = EHMTrack.load(args.driving, args.device)
     reference = EHMTrack.load(args.reference, args.device)

@@ -10,6 +10,7 @@ import torch
 from comfy_api.latest import io
 
 from ..emosh import edit, export
+from ..emosh.body.camera import parse_camera_keys
 from ..emosh.body.track import EHMTrack
 from ..emosh.errors import InputError
 from ..emosh.facecrop import face_crops
@@ -190,7 +191,7 @@ class EHMTrackEdit(io.ComfyNode):
     @classmethod
     def execute(cls, body_model, track, expression_strength: float, hand_strength: float, start_frame: int,
                 end_frame: int, camera_keys: str, **sliders: float) -> io.NodeOutput:
-        keys = edit.parse_camera_keys(camera_keys)
+        keys = parse_camera_keys(camera_keys)
         return io.NodeOutput(edit.edit_track(track, body_model, expression_strength=expression_strength,
                                              hand_strength=hand_strength, start=start_frame,
                                              stop=None if end_frame < 0 else end_frame, camera_keys=keys,

@@ -16,6 +16,7 @@ import torch
 from emosh import edit, export, facecrop
 from emosh.body import EHMTrack
 from emosh.body import joints
+from emosh.body.camera import parse_camera_keys
 from emosh.body.camera import CameraKey, apply_camera_keys, project
 from emosh.errors import InputError
 
@@ -53,7 +54,7 @@ def test_edit_strengths_range_and_shape(anny):
 
 def test_camera_keys_zoom_and_pan(anny):
     track = synthetic_track(anny, frames=5)
-    keys = edit.parse_camera_keys("# frame zoom pan_x pan_y\n0 1\n4, 2, 0.1, -0.05\n")
+    keys = parse_camera_keys("# frame zoom pan_x pan_y\n0 1\n4, 2, 0.1, -0.05\n")
     assert keys == [CameraKey(0, 1.0), CameraKey(4, 2.0, 0.1, -0.05)]
     out = apply_camera_keys(track, keys)
     centre = torch.tensor([track.image_size[1] / 2, track.image_size[0] / 2])
@@ -66,7 +67,7 @@ def test_camera_keys_zoom_and_pan(anny):
     assert abs(float(zoom_mid) - 1.5) < 1e-5  # linear between keys
     for bad in ("3", "a 1", "1 0", "1.5 1", "0 1\n0 2"):
         with pytest.raises(InputError):
-            edit.parse_camera_keys(bad)
+            parse_camera_keys(bad)
 
 
 # ---------------------------------------------------------------------------------------------- mix / resample

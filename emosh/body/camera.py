@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InputError
 from .track import EHMTrack
 
 
@@ -95,3 +96,28 @@ def apply_camera_keys(track: EHMTrack, keys: Sequence[CameraKey]) -> EHMTrack:
     cam_t = track.cam_t.clone()
     cam_t[:, :2] += shift_px * depth[:, None] / focal[:, None]
     return track.replace(focal=focal, cam_t=cam_t)
+
+
+def parse_camera_keys(text: str) -> list[CameraKey]:
+    """Keyframes from text, one per line: ``frame zoom [pan_x [pan_y]]`` (commas allowed; ``#`` starts a comment)."""
+    keys = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise InputError(f"Camera keyframe line {number} ({raw.strip()!r}): expected numbers "
+                             f"'frame zoom [pan_x [pan_y]]'") from None
+        if not 2 <= len(values) <= 4 or values[0] != int(values[0]) or values[0] < 0:
+            raise InputError(f"Camera keyframe line {number} ({raw.strip()!r}): expected 'frame zoom [pan_x [pan_y]]' "
+                             f"with a whole, non-negative frame number")
+        if values[1] <= 0:
+            raise InputError(f"Camera keyframe line {number}: zoom must be positive, got {values[1]}")
+        keys.append(CameraKey(int(values[0]), *values[1:]))
+    frames = [k.frame for k in keys]
+    if len(set(frames)) != len(frames):
+        raise InputError(f"Camera keyframes repeat a frame: {sorted(frames)}")
+    return sorted(keys, key=lambda k: k.frame)
