@@ -73,7 +73,7 @@ def retime(track: EHMTrack, fps: float, frames: int | None = None, offset: float
 
 # ---------------------------------------------------------------------------------------------- Track Edit
 def apply_shape_offsets(track: EHMTrack, model: BodyModel, offsets: dict[str, float]) -> EHMTrack:
-    """Add ``offsets`` to the named shape entries (Anny phenotypes live in [0, 1] and are clamped there)."""
+    """Add ``offsets`` to the named shape entries (clamped to the model's shape range: Anny's phenotypes to [0, 1])."""
     active = {k: float(v) for k, v in offsets.items() if v != 0.0}
     if not active:
         return track
@@ -84,8 +84,8 @@ def apply_shape_offsets(track: EHMTrack, model: BodyModel, offsets: dict[str, fl
     shape = track.shape.clone()
     for name, delta in active.items():
         shape[model.shape_labels.index(name)] += delta
-    if model.backend == "anny":
-        shape = shape.clamp(0.0, 1.0)
+    if model.shape_range is not None:
+        shape = shape.clamp(*model.shape_range)
     return track.replace(shape=shape)
 
 
@@ -108,7 +108,8 @@ def edit_track(track: EHMTrack, model: BodyModel, *, expression_strength: float 
     changes = {}
     if expression_strength != 1.0:
         expression = out.expression * expression_strength
-        changes["expression"] = expression.clamp(0.0, 1.0) if model.backend == "anny" else expression
+        bounds = model.expression_range
+        changes["expression"] = expression if bounds is None else expression.clamp(*bounds)
     if hand_strength != 1.0:
         pose = out.pose.clone()
         hands = hand_joints(model)

@@ -52,24 +52,13 @@ def posed_meshes(model: BodyModel, track: EHMTrack, chunk: int = CHUNK) -> tuple
 def bone_world_rotations(model: BodyModel, track: EHMTrack) -> torch.Tensor:
     """World rotation of every bone relative to its zero-pose orientation [T, K, 3, 3], global orientation included.
 
-    SMPL-X poses are already rotations in world-aligned parent frames, so they chain directly. Anny's poses are in
-    each bone's own reference frame; its forward kinematics (the same call the backend's forward makes) gives the
-    posed bone frames, and posed frame × reference frameᵀ is the world rotation BVH wants (bone heads then follow
-    parent rotation × zero-pose offset exactly).
+    The model's own bone kinematics (the call its forward makes) give them: Anny's poses are in each bone's own
+    reference frame and come out as posed frame × reference frameᵀ; SMPL-X's rest frames are the world's, so its
+    local rotations simply chain. Bone heads then follow parent rotation × zero-pose offset exactly.
     """
     track.check_backend(model.backend)
-    t, k = track.num_frames, len(model.joint_labels)
-    glob = roma.rotvec_to_rotmat(track.global_orient.cpu())
-    if model.backend == "smplx_flame":
-        local = torch.cat([glob[:, None], roma.rotvec_to_rotmat(track.pose.cpu())], dim=1)
-        world = torch.empty(t, k, 3, 3)
-        for j, parent in enumerate(model.joint_parents):
-            world[:, j] = local[:, j] if parent < 0 else world[:, parent] @ local[:, j]
-        return world
-    try:
-        rest = model.rest_skeleton(track.shape.to(model.device))
-    except NotImplementedError as exc:
-        raise InputError(f"BVH export does not know the {model.backend!r} body model's kinematics") from exc
+    t = track.num_frames
+    rest = model.rest_skeleton(track.shape.to(model.device))
     out = []
     with torch.no_grad():
         for a in range(0, t, CHUNK):

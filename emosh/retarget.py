@@ -141,8 +141,8 @@ def _motion_parts(model: BodyModel, driving: EHMTrack, pose: torch.Tensor,
     if "eyes" not in options.parts:
         pose[:, eyes] = 0.0
         expression[:, groups["eyes"]] = 0.0
-    if model.backend == "anny":
-        expression = expression.clamp(0.0, 1.0)  # ARKit facial actions live in [0, 1]
+    if model.expression_range is not None:
+        expression = expression.clamp(*model.expression_range)  # e.g. ARKit facial actions live in [0, 1]
     return pose, expression
 
 

@@ -263,3 +263,146 @@ def comfy_validate_prompts(comfy_path: str, base: Path, pack_link: str, prompts:
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, f"validation process failed ({done.returncode}):\n{done.stderr[-4000:]}"
     return json.loads(line[len("RESULT "):])
+
+
+# ---------------------------------------------------------------------------------------------- SMPL-X stand-in
+def tpose_anny(anny) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anny's average body with the arms raised to a T-pose (palms down): (pose [1, J, 3], vertices [V, 3],
+    joints [K, 3]) in Anny's world frame. The upper arms turn about the forward axis, in world terms."""
+    import roma
+
+    shape = anny.default_shape()
+    rest = anny.rest_skeleton(shape)
+    zero = anny.zero_motion(1)
+    bones = anny.pose_bones(rest, zero["pose"], zero["global_orient"], zero["translation"])
+    joints, pose = bones.joints[0], zero["pose"].clone()
+    for side in "LR":
+        shoulder, wrist = anny.joint_labels.index(f"upperarm01.{side}"), anny.joint_labels.index(f"wrist.{side}")
+        arm = torch.nn.functional.normalize(joints[wrist] - joints[shoulder], dim=0)
+        lateral = torch.tensor([float(torch.sign(arm[0])), 0.0, 0.0])
+        axis = torch.nn.functional.normalize(torch.linalg.cross(arm, lateral), dim=0)
+        world = roma.rotvec_to_rotmat(axis * torch.arccos((arm @ lateral).clamp(-1, 1)))
+        parent = bones.rotations[0, anny.joint_parents[shoulder]]
+        pose[0, shoulder - 1] = roma.rotmat_to_rotvec(parent.T @ world @ parent)
+    out = anny(shape, pose, zero["global_orient"], zero["translation"], zero["expression"])
+    return pose, out.vertices[0], out.joints[0]
+
+
+ANNY_TO_SMPLX_AXES = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # Z up, -Y front → Y up, +Z
+
+
+def _affine_weights(points: torch.Tensor, target: torch.Tensor, k: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [k], weights [k]) of the k points nearest ``target`` whose weighted sum (weights summing to 1) is it."""
+    ids = (points - target).norm(dim=1).topk(k, largest=False).indices
+    a = torch.cat([points[ids].T, torch.ones(1, k)]).double()
+    return ids, (torch.linalg.pinv(a) @ torch.cat([target, torch.ones(1)]).double()).float()
+
+
+def write_smplx_flame_standin(anny, folder: Path, seed: int = 0) -> Path:
+    """The four SMPL-X + FLAME files in their release formats, with made-up but humanlike content: the mesh is
+    Anny's T-posed average body, skinning from Anny's, smooth random shape directions, Anny's facial actions as
+    FLAME's expression directions, a FLAME head offset from the body's (undone by the eye alignment), one chumpy
+    array and a sparse regressor as FLAME 2020 stores them. No licensed data."""
+    import pickle
+
+    import numpy as np
+    import scipy.sparse
+
+    from emosh.body.landmark_transfer import anny_joint_map
+    from emosh.body.smplx_flame import FLAME_SHAPE_SPACE, JOINT_LABELS
+
+    g = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        _, verts, anny_joints = tpose_anny(anny)
+        weights_anny = anny.skinning_weights(torch.arange(anny.num_vertices))
+    verts, anny_joints = verts.cpu() @ ANNY_TO_SMPLX_AXES.T, anny_joints.cpu() @ ANNY_TO_SMPLX_AXES.T
+    v, n = verts.shape[0], len(JOINT_LABELS)
+    joint_of = anny_joint_map(anny, JOINT_LABELS)
+    listed = {int(j): k for k, j in reversed(list(enumerate(joint_of.tolist())))}  # first Anny bone per joint
+    head = JOINT_LABELS.index("head")
+    joints = torch.stack([anny_joints[listed[j]] if j in listed else anny_joints[listed[head]]
+                          + torch.tensor([0.0, -0.03, 0.03]) for j in range(n)])  # the jaw: below the skull base
+    regressor = torch.zeros(n, v)
+    for j in range(n):
+        ids, w = _affine_weights(verts, joints[j])
+        regressor[j, ids] = w
+    weights = torch.zeros(v, n).index_add_(1, joint_of, weights_anny.cpu())
+
+    def smooth_field(points: torch.Tensor, count: int, amplitude: float) -> torch.Tensor:
+        freq = 4.0 * torch.randn(count, 3, 3, generator=g)
+        phase = 6.3 * torch.rand(count, 3, generator=g)
+        return amplitude * torch.sin(torch.einsum("vc,kdc->vdk", points, freq) + phase.T[None])  # [V, 3, count]
+
+    shapedirs = torch.zeros(v, 3, 20)
+    low = verts[:, 1] - verts[:, 1].min()
+    shapedirs[:, 1, 0] = 0.06 * low  # height
+    shapedirs[:, 0, 1], shapedirs[:, 2, 1] = 0.08 * verts[:, 0], 0.08 * verts[:, 2]  # girth
+    shapedirs[..., 2:] = smooth_field(verts, 18, 0.004)
+    posedirs = np.zeros((v, 3, 9 * (n - 1)), np.float16)
+    for name in ("left_elbow", "right_elbow", "left_knee", "right_knee"):
+        j = JOINT_LABELS.index(name) - 1
+        near = (weights[:, j + 1] > 0.3).float()[:, None, None]
+        posedirs[..., 9 * j:9 * j + 9] = (near * smooth_field(verts, 9, 0.003)).numpy().astype(np.float16)
+    parents = np.array([2 ** 32 - 1] + [JOINT_LABELS.index(p) for p in _smplx_parent_names()], np.uint32)
+    np.savez_compressed(folder / "SMPLX_NEUTRAL.npz", v_template=verts.numpy(), f=anny.faces.cpu().numpy().astype(
+        np.uint32), shapedirs=shapedirs.numpy(), posedirs=posedirs, J_regressor=regressor.numpy(),
+        weights=weights.numpy(), kintree_table=np.stack([parents, np.arange(n, dtype=np.uint32)]),
+        hands_meanl=np.zeros(45, np.float32), hands_meanr=np.zeros(45, np.float32),
+        hands_componentsl=np.eye(45, dtype=np.float32), hands_componentsr=np.eye(45, dtype=np.float32))
+
+    region = [JOINT_LABELS.index(x) for x in ("head", "jaw", "left_eye", "right_eye")]
+    head_ids = torch.nonzero(torch.isin(weights.argmax(1), torch.tensor(region))).squeeze(1)
+    np.save(folder / "SMPL-X__FLAME_vertex_ids.npy", head_ids.numpy().astype(np.int64))
+    offset = torch.tensor([0.01, 0.02, -0.015])
+    flame_verts = verts[head_ids] + offset
+    remap = torch.full((v,), -1, dtype=torch.long)
+    remap[head_ids] = torch.arange(len(head_ids))
+    faces = remap[anny.faces.cpu()]
+    flame_faces = faces[(faces >= 0).all(1)]
+    dirs = np.zeros((len(head_ids), 3, 400), np.float16)
+    dirs[..., :10] = smooth_field(flame_verts, 10, 0.003).numpy()
+    facial = anny.facial_blendshapes.cpu()[:50, head_ids] @ ANNY_TO_SMPLX_AXES.T  # [50, N, 3]
+    dirs[..., FLAME_SHAPE_SPACE:FLAME_SHAPE_SPACE + 50] = facial.permute(1, 2, 0).numpy()
+    flame_regressor = torch.zeros(5, len(head_ids))
+    for row, name in enumerate(("head", "neck", "jaw", "left_eye", "right_eye")):
+        ids, w = _affine_weights(flame_verts, joints[JOINT_LABELS.index(name)] + offset)
+        flame_regressor[row, ids] = w
+    flame = {"v_template": _chumpy_array(flame_verts.numpy()), "f": flame_faces.numpy().astype(np.uint32),
+             "shapedirs": dirs, "posedirs": np.zeros((len(head_ids), 3, 36), np.float32),
+             "J_regressor": scipy.sparse.csc_matrix(flame_regressor.numpy()),
+             "weights": np.eye(5, dtype=np.float32)[np.zeros(len(head_ids), int)],
+             "kintree_table": np.array([[2 ** 32 - 1, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.uint32)}
+    try:
+        with open(folder / "FLAME_NEUTRAL.pkl", "wb") as f:
+            pickle.dump(flame, f, protocol=2)
+    finally:
+        sys.modules.pop("chumpy.ch", None)
+        sys.modules.pop("chumpy", None)
+    with open(folder / "flame_static_embedding.pkl", "wb") as f:
+        pickle.dump({"lmk_face_idx": np.arange(51, dtype=np.int64) % len(flame_faces),
+                     "lmk_b_coords": np.full((51, 3), 1 / 3)}, f, protocol=2)
+    return folder
+
+
+def _smplx_parent_names() -> list[str]:
+    """SMPL-X's kinematic tree, as the parent name of every joint after the pelvis."""
+    body = ["pelvis", "pelvis", "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
+            "left_ankle", "right_ankle", "spine3", "spine3", "spine3", "neck", "left_collar", "right_collar",
+            "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "head", "head", "head"]
+    hands = []
+    for side in ("left", "right"):
+        for digit in ("index", "middle", "pinky", "ring", "thumb"):
+            hands += [f"{side}_wrist", f"{side}_{digit}1", f"{side}_{digit}2"]
+    return body + hands
+
+
+def _chumpy_array(array):
+    """An object that pickles the way a chumpy ``Ch`` array does (class ``chumpy.ch.Ch``, state ``{'x': array}``)."""
+    module = ModuleType("chumpy.ch")
+    ch_class = type("Ch", (), {"__module__": "chumpy.ch"})
+    module.Ch = ch_class
+    sys.modules["chumpy"], sys.modules["chumpy.ch"] = ModuleType("chumpy"), module  # removed after the dump
+    obj = ch_class()
+    obj.x = array
+    return obj

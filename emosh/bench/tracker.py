@@ -42,13 +42,17 @@ from ..track.tracker import (WindowedTracker, fitted_landmarks2d, person_box_hei
 from .common import emit, peak_rss_mb
 
 REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
-BODY_JOINTS = ["upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R", "wrist.L", "wrist.R",
-               "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R", "foot.L", "foot.R", "neck01", "head",
-               "spine03"]
+def _body_joints(model: BodyModel) -> list[str]:
+    """The joints the body error is measured on: shoulders to ankles, neck, head and a mid-trunk bone."""
+    rig = model.rig
+    limbs = [bone for role in ("upper_arm", "forearm", "wrist", "upper_leg", "shin", "foot")
+             for bone in getattr(rig, role)]
+    return limbs + [rig.neck, "head", list(rig.trunk)[1]]
 
 
-def _hand_joints(side: str) -> list[str]:
-    return [f"wrist.{side}"] + [f"finger{d}-{s}.{side}" for d in range(1, 6) for s in (1, 2, 3)]
+def _hand_joints(model: BodyModel, side: int) -> list[str]:
+    """Wrist and finger joints of one hand (0 left, 1 right)."""
+    return [model.rig.wrist[side]] + [bone for digit in model.rig.fingers[side] for bone in digit]
 
 
 # σ of the face-mesh noise, % of the face height: the measured upper bound of MediaPipe's frame-to-frame face-mesh
@@ -74,6 +78,20 @@ def _smooth_keys(keys: np.ndarray, frames: int, every: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _bone_roles(model: BodyModel) -> dict[str, tuple[str, int, int, int]]:
+    """(role, side, digit, segment) of every bone of the model's rig (sides and fingers 0-based, thumb first)."""
+    rig = model.rig
+    roles = {bone: ("trunk", 0, 0, 0) for bone in rig.trunk}
+    for role in ("clavicle", "upper_arm", "forearm", "wrist", "upper_leg", "shin", "foot"):
+        for side, bone in enumerate(getattr(rig, role)):
+            roles[bone] = (role, side, 0, 0)
+    for side, digits in enumerate(rig.fingers):
+        for digit, segments in enumerate(digits):
+            for segment, bone in enumerate(segments):
+                roles[bone] = ("finger", side, digit, segment)
+    return roles
+
+
 def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tuple[int, int] = (512, 512),
                        noise_pct: float = 1.0, face_noise_pct: float = FACE_NOISE_PCT, drop: float = 0.1,
                        every: int = 16, shape: torch.Tensor | None = None,
@@ -82,45 +100,52 @@ def synthetic_sequence(model: BodyModel, frames: int, seed: int, image_size: tup
     (detections, truth). ``with_mask``: each detection carries the body's rendered silhouette as its person mask."""
     rng = np.random.default_rng(seed)
     basis = pose_basis(model)
+    roles = _bone_roles(model)
     labels = [model.pose_labels[i] for i in basis.pose_index.tolist()]
     n_keys = frames // every + 2
     q = np.zeros((n_keys, len(labels), 3), np.float32)
     for k in range(n_keys):
         curl = rng.uniform(0, 1.1, size=(2, 5))
         for a, name in enumerate(labels):
-            base = name.split(".")[0]
-            side = 0 if name.endswith("L") else 1
-            if base.startswith(("spine", "neck", "head")):
+            role, side, digit, segment = roles[name]
+            if role == "trunk":
                 q[k, a] = rng.normal(0, 0.08, 3)
-            elif base.startswith("clavicle"):
+            elif role == "clavicle":
                 q[k, a] = rng.normal(0, 0.04, 3)
-            elif base.startswith("upperarm"):
+            elif role == "upper_arm":
                 q[k, a] = rng.normal(0, 0.45, 3)
-            elif base.startswith("lowerarm"):
+            elif role == "forearm":
                 q[k, a] = [rng.uniform(0, 1.6), rng.normal(0, 0.05), rng.normal(0, 0.3)]
-            elif base.startswith("wrist"):
+            elif role == "wrist":
                 q[k, a] = rng.normal(0, 0.25, 3)
-            elif base.startswith("upperleg"):
+            elif role == "upper_leg":
                 q[k, a] = rng.normal(0, 0.2, 3)
-            elif base.startswith("lowerleg"):
+            elif role == "shin":
                 q[k, a] = [rng.uniform(0, 0.8), rng.normal(0, 0.03), rng.normal(0, 0.1)]
-            elif base.startswith("foot"):
+            elif role == "foot":
                 q[k, a] = rng.normal(0, 0.12, 3)
-            elif base.startswith("finger1"):
+            elif role == "finger" and digit == 0:
                 q[k, a] = rng.normal(0, 0.25, 3) + np.array([0.1, 0, 0])
-            elif base.startswith("finger"):
-                digit = int(base[6]) - 1
-                q[k, a] = [curl[side, digit] * rng.uniform(0.7, 1.0), rng.normal(0, 0.06) * (base[-1] == "1"), 0]
+            elif role == "finger":
+                q[k, a] = [curl[side, digit] * rng.uniform(0.7, 1.0), rng.normal(0, 0.06) * (segment == 0), 0]
     yaw = rng.uniform(-0.8, 0.8, n_keys)
-    orient = np.stack([rng.normal(0, 0.06, n_keys), rng.normal(0, 0.06, n_keys), yaw], 1).astype(np.float32)
+    tilts = [rng.normal(0, 0.06, n_keys), rng.normal(0, 0.06, n_keys)]
+    orient = np.zeros((n_keys, 3), np.float32)
+    orient[:, model.up_axis] = yaw
+    orient[:, [a for a in range(3) if a != model.up_axis]] = np.stack(tilts, 1)
     expr = np.zeros((n_keys, len(model.expression_labels)), np.float32)
     visible = [model.expression_labels.index(n) for n in VISIBLE_ACTIONS if n in model.expression_labels]
+    signed = model.expression_range is None  # FLAME: every coefficient is visible, with either sign
+    visible = visible or list(range(len(model.expression_labels)))
     for k in range(n_keys):  # sparse: a neutral face or one to three actions at once
         active = rng.choice(visible, size=int(rng.integers(0, 4)), replace=False)
-        expr[k, active] = rng.uniform(0.3, 0.9, size=len(active))
+        sign = rng.choice([-1.0, 1.0], size=len(active)) if signed else 1.0
+        expr[k, active] = sign * rng.uniform(0.3, 0.9, size=len(active))
     depth = rng.uniform(2.3, 3.0)
     cam_xy = rng.normal(0, 0.04, (n_keys, 2)).astype(np.float32)
-    random_shape = torch.tensor(rng.uniform(0.25, 0.75, len(model.shape_labels)), dtype=torch.float32)
+    n_shape = len(model.shape_labels)  # Anny: phenotypes in [0.25, 0.75]; SMPL-X / FLAME betas ~ N(0, 1)
+    drawn = rng.normal(0, 1, n_shape) if model.shape_range is None else rng.uniform(0.25, 0.75, n_shape)
+    random_shape = torch.tensor(drawn, dtype=torch.float32)
     shape = random_shape if shape is None else shape.float()
     dev = model.device
     qt = torch.from_numpy(_smooth_keys(q, frames, every)).to(dev)
@@ -228,11 +253,11 @@ def synthetic_metrics(model: BodyModel, track: EHMTrack, truth: dict) -> dict:
                         for k, g in enumerate(gt2d)], device=gt2d.device)
     err = (fitted2d - gt2d).norm(dim=-1) / box[:, None] * 100.0
     kp2d = float(err[inside].mean())
-    idx = [model.joint_labels.index(n) for n in BODY_JOINTS]
+    idx = [model.joint_labels.index(n) for n in _body_joints(model)]
     pampjpe = float(_procrustes_err(joints[:, idx], truth["joints"][:, idx], scale=True).mean()) * 1000.0
     hand = []
-    for side in "LR":
-        hid = [model.joint_labels.index(n) for n in _hand_joints(side)]
+    for side in (0, 1):
+        hid = [model.joint_labels.index(n) for n in _hand_joints(model, side)]
         a = joints[:, hid] - joints[:, hid[:1]]
         b = truth["joints"][:, hid] - truth["joints"][:, hid[:1]]
         hand.append(_procrustes_err(a, b, scale=False))

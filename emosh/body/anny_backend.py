@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .kinematics import BoneTree, PosedBones, RestSkeleton
-from .model import BodyModel, BodyOutput, check_motion
+from .model import BodyModel, BodyOutput, Rig, check_motion
 
 PART_NAMES = [
     "head", "neck", "torso",
@@ -33,6 +33,21 @@ _BONE_PREFIX_TO_PART = [  # first match wins; side suffix appended for .L/.R bon
     ("wrist", "hand"), ("finger", "hand"), ("metacarpal", "hand"),
     ("upperleg", "upper_leg"), ("lowerleg", "lower_leg"), ("foot", "foot"), ("toe", "foot"),
 ]
+
+
+
+def _sides(name: str) -> tuple[str, str]:
+    return f"{name}.L", f"{name}.R"
+
+
+RIG = Rig(
+    trunk={"spine04": 8.0, "spine03": 8.0, "spine02": 8.0, "spine01": 8.0, "neck01": 4.0, "neck03": 4.0, "head": 2.0},
+    neck="neck01", clavicle=_sides("clavicle"), upper_arm=_sides("upperarm01"), forearm=_sides("lowerarm01"),
+    wrist=_sides("wrist"), upper_leg=_sides("upperleg01"), shin=_sides("lowerleg01"), foot=_sides("foot"),
+    fingers=tuple(tuple(tuple(f"finger{d}-{k}.{s}" for k in (1, 2, 3)) for d in range(1, 6)) for s in "LR"),
+    forward=(0.0, -1.0, 0.0),
+    palm=((-1.0, 0.0, 0.0), (1.0, 0.0, 0.0)),  # the rest arms hang with the palms against the thighs
+)
 
 _cache: dict[str, "AnnyBody"] = {}
 _cache_lock = threading.Lock()
@@ -60,6 +75,10 @@ def bone_part(bone: str) -> str:
 class AnnyBody(BodyModel):
     backend = "anny"
     shape_default_value = 0.5
+    rig = RIG
+    expression_kind = "arkit"
+    shape_range = (0.0, 1.0)
+    expression_range = (0.0, 1.0)
 
     def __init__(self, device: str | torch.device = "cpu"):
         import anny  # deferred: building Anny takes seconds (about a minute the very first time)

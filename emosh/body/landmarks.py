@@ -65,12 +65,18 @@ _cache: dict[tuple[str, str], LandmarkTable] = {}
 
 
 def landmark_table(model: BodyModel) -> LandmarkTable:
-    """The MediaPipe⇄mesh table for ``model`` on its device (loaded once per model and device)."""
-    if model.backend != "anny":
-        raise ValueError(f"No landmark correspondence table for the {model.backend!r} body model (only 'anny')")
-    key = (model.backend, str(model.device))
+    """The MediaPipe⇄mesh table for ``model`` on its device, made once per model: Anny's ships with the package,
+    any other model's is transferred from it at first use (:mod:`emosh.body.landmark_transfer`)."""
+    key = (model.backend, model.version, str(model.device), id(model))
     if key not in _cache:
-        _cache[key] = load_table(DATA_FILE, model).to(model.device)
+        if model.backend == "anny":
+            table = load_table(DATA_FILE, model)
+        else:
+            from .anny_backend import anny_body
+            from .landmark_transfer import transfer_table
+
+            table = transfer_table(model, anny_body(model.device))
+        _cache[key] = table.to(model.device)
     return _cache[key]
 
 

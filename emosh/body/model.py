@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Literal
 
 import roma
 import torch
@@ -24,6 +25,30 @@ from .kinematics import PosedBones, RestSkeleton
 class BodyOutput:
     vertices: torch.Tensor  # [B, V, 3] metres, model world frame
     joints: torch.Tensor  # [B, K, 3] joint (bone head) positions, ordered like ``joint_labels``
+
+
+Pair = tuple[str, str]  # (subject's left, subject's right)
+Vec3 = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Rig:
+    """A skeleton's joints by role, for code that must know more than their names: the tracker's anatomical pose
+    basis (hinge frames, which way a flexion bends) and the SMPL-24 slots of SCAIL's capsules. Entries are
+    ``joint_labels``; pairs are (subject's left, subject's right)."""
+
+    trunk: dict[str, float]  # spine, neck and head bones → pose-prior weight
+    neck: str  # the bone whose head is SMPL's neck joint
+    clavicle: Pair
+    upper_arm: Pair  # its head is the shoulder
+    forearm: Pair  # its head is the elbow
+    wrist: Pair
+    upper_leg: Pair  # its head is the hip joint
+    shin: Pair  # its head is the knee
+    foot: Pair  # its head is the ankle
+    fingers: tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str, str], ...]]  # per side: thumb → little
+    forward: Vec3  # world direction the rest body faces
+    palm: tuple[Vec3, Vec3]  # world direction each rest palm faces
 
 
 class BodyModel(ABC):
@@ -43,6 +68,11 @@ class BodyModel(ABC):
     part_labels: torch.Tensor  # [V] int64 index into ``part_names``
     part_names: list[str]
     device: torch.device
+    rig: Rig
+    expression_kind: Literal["arkit", "flame"]  # ARKit: MediaPipe's blendshape scores are direct targets
+    shape_range: tuple[float, float] | None = None  # bounds of every shape entry (None: unbounded)
+    shape_scale: float = 1.0  # a shape entry's units per spread of bodies (Anny's phenotypes: 1; betas in σ: 4)
+    expression_range: tuple[float, float] | None = None  # bounds of every expression coefficient
 
     @property
     def num_vertices(self) -> int:
@@ -93,25 +123,25 @@ class BodyModel(ABC):
         return self.part_names.index(name)
 
     # The skeleton behind ``forward``, for code that poses only a few points (the tracker's landmark skinning) or
-    # needs the bones themselves (BVH export). Backends whose kinematics are not written as a bone tree (see
-    # emosh.body.kinematics) do not offer them.
+    # needs the bones themselves (BVH export): both backends write their kinematics as one bone tree
+    # (emosh.body.kinematics) and their facial coefficients as linear vertex offsets.
+    @abstractmethod
     def rest_skeleton(self, shape: torch.Tensor) -> RestSkeleton:
         """The rest mesh and skeleton of ``shape`` [S] or [R, S]."""
-        raise NotImplementedError(f"the {self.backend} body model does not expose a bone-tree skeleton")
 
+    @abstractmethod
     def pose_bones(self, rest: RestSkeleton, pose: torch.Tensor, global_orient: torch.Tensor,
                    translation: torch.Tensor) -> PosedBones:
         """Bone rotations, joints and skinning transforms of B frames (see emosh.body.kinematics)."""
-        raise NotImplementedError(f"the {self.backend} body model does not expose a bone-tree skeleton")
 
+    @abstractmethod
     def skinning_weights(self, vertex_ids: torch.Tensor) -> torch.Tensor:
         """[M, J] dense skinning weights of the given vertices."""
-        raise NotImplementedError(f"the {self.backend} body model does not expose its skinning weights")
 
     @property
+    @abstractmethod
     def facial_blendshapes(self) -> torch.Tensor:
         """[E, V, 3] vertex offsets per unit of each expression coefficient."""
-        raise NotImplementedError(f"the {self.backend} body model does not expose linear facial blendshapes")
 
 
 def apply_global(vertices: torch.Tensor, global_orient: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:

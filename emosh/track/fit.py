@@ -1,15 +1,17 @@
-"""Confidence-aware, batched fitting of the Anny body to MediaPipe landmarks over a window of frames.
+"""Confidence-aware, batched fitting of a body model (Anny, or SMPL-X + FLAME) to MediaPipe landmarks over a window
+of frames.
 
 Parameters per frame: active bone rotations (in per-bone anatomical frames so hinge joints and fingers get cheap,
 low-dimensional priors), global orientation, the pelvis position in the camera as (x/z, y/z, log z) — which keeps
-depth well conditioned — and 52 facial actions in [0, 1]. Shape (6 phenotypes) is shared by all frames.
+depth well conditioned — and the facial coefficients (Anny: 52 ARKit actions in [0, 1]; FLAME: 50 signed ones).
+The shape (Anny's 6 phenotypes, or SMPL-X + FLAME betas) is shared by all frames.
 The camera is fixed: ``view_rotation``, zero translation, one focal length; the body moves in front of it.
 
 Loss = Geman-McClure reprojection error (in % of the person's box height, weighted by detection confidence)
      + pose / finger / facial-action priors + second-difference smoothness on every per-frame parameter
-     (+ phenotype prior when the shape is optimised). Staged Adam: camera/global → body → hands and face.
-Only the ~1,500 vertices under a landmark are skinned (Anny's own kinematics, a small LBS), which is what makes
-the fit fast enough for video on a CPU.
+     (+ shape prior when the shape is optimised). Staged Adam: camera/global → body → hands and face.
+Only the ~1,500 vertices under a landmark are skinned (the model's own bone kinematics, a small LBS), which is what
+makes the fit fast enough for video on a CPU.
 """
 from __future__ import annotations
 
@@ -50,8 +52,6 @@ class LandmarkBody:
     the fit fast enough for video on a CPU. ``tests/test_tracker.py`` checks it against the full model."""
 
     def __init__(self, model: BodyModel, table: LandmarkTable | None = None):
-        if model.backend != "anny":
-            raise ValueError("the tracker fits the Anny body model; load_body_model('anny')")
         self.model = model
         self.table = table if table is not None else landmark_table(model)
         dev = model.device
@@ -127,91 +127,99 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp(min=1e-9)
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One active bone of the basis: its frame and prior, and which way its flexion must bend (``bends``:
+    "forward" for elbows, "backward" for knees, "palm" for fingers, "" for free joints; ``side`` 0 left, 1 right)."""
+
+    bone: str
+    frame: torch.Tensor
+    prior: list[float]
+    mean: list[float]
+    hinge: bool
+    group: int
+    bends: str = ""
+    side: int = 0
+    tip: bool = False  # last phalanx: no child to test its flexion on, it follows the middle one
+
+
 def pose_basis(model: BodyModel) -> PoseBasis:
-    """Frames and prior weights from Anny's rest skeleton (the rotations are in world-aligned rest axes)."""
+    """Frames and prior weights from the model's rest skeleton and rig (the rotations are in world-aligned rest
+    axes)."""
     joints = model.rest().joints[0]
+    rig = model.rig
     labels = model.joint_labels
     J = lambda name: joints[labels.index(name)]  # noqa: E731
-    forward = joints.new_tensor([0.0, -1.0, 0.0])
+    forward = joints.new_tensor(rig.forward)
     eye = torch.eye(3, device=joints.device)
-    rows: list[tuple[str, torch.Tensor, list[float], list[float], bool, int]] = []
-    trunk = {"spine04": 8.0, "spine03": 8.0, "spine02": 8.0, "spine01": 8.0, "neck01": 4.0, "neck03": 4.0,
-             "head": 2.0}
-    for name, w in trunk.items():
-        rows.append((name, eye, [w] * 3, [0.0] * 3, False, 0))
-    for s in "LR":
-        rows.append((f"clavicle.{s}", eye, [20.0] * 3, [0.0] * 3, False, 0))
-        rows.append((f"upperarm01.{s}", eye, [0.2] * 3, [0.0] * 3, False, 0))
-        rows.append((f"upperleg01.{s}", eye, [0.2] * 3, [0.0] * 3, False, 0))
-        rows.append((f"foot.{s}", eye, [2.0] * 3, [0.0] * 3, False, 0))
-        rows.append((f"wrist.{s}", eye, [1.0] * 3, [0.0] * 3, False, 0))
+    rows = [_Row(name, eye, [w] * 3, [0.0] * 3, False, 0) for name, w in rig.trunk.items()]
+    for side in (0, 1):
+        rows.append(_Row(rig.clavicle[side], eye, [20.0] * 3, [0.0] * 3, False, 0))
+        rows.append(_Row(rig.upper_arm[side], eye, [0.2] * 3, [0.0] * 3, False, 0))
+        rows.append(_Row(rig.upper_leg[side], eye, [0.2] * 3, [0.0] * 3, False, 0))
+        rows.append(_Row(rig.foot[side], eye, [2.0] * 3, [0.0] * 3, False, 0))
+        rows.append(_Row(rig.wrist[side], eye, [1.0] * 3, [0.0] * 3, False, 0))
         # elbow: flexion brings the forearm forward; knee: flexion brings the shin backward
-        d = _unit(J(f"wrist.{s}") - J(f"lowerarm01.{s}"))
-        a = _unit(torch.linalg.cross(_unit(J(f"lowerarm01.{s}") - J(f"upperarm01.{s}")), forward))
+        elbow, wrist, shoulder = J(rig.forearm[side]), J(rig.wrist[side]), J(rig.upper_arm[side])
+        d = _unit(wrist - elbow)
+        a = _unit(torch.linalg.cross(_unit(elbow - shoulder), forward))
         a = _unit(a - (a @ d) * d)
-        rows.append((f"lowerarm01.{s}", torch.stack([a, torch.linalg.cross(d, a), d], 1), [0.05, 10.0, 0.5],
-                     [0.0] * 3, True, 0))
-        d = _unit(J(f"foot.{s}") - J(f"lowerleg01.{s}"))
-        a = _unit(torch.linalg.cross(_unit(J(f"lowerleg01.{s}") - J(f"upperleg01.{s}")), -forward))
+        rows.append(_Row(rig.forearm[side], torch.stack([a, torch.linalg.cross(d, a), d], 1), [0.05, 10.0, 0.5],
+                         [0.0] * 3, True, 0, "forward", side))
+        knee, ankle, hip = J(rig.shin[side]), J(rig.foot[side]), J(rig.upper_leg[side])
+        d = _unit(ankle - knee)
+        a = _unit(torch.linalg.cross(_unit(knee - hip), -forward))
         a = _unit(a - (a @ d) * d)
-        rows.append((f"lowerleg01.{s}", torch.stack([a, torch.linalg.cross(d, a), d], 1), [0.05, 10.0, 2.0],
-                     [0.0] * 3, True, 0))
-        # fingers: flexion about (finger × palm normal); Anny's rest palms face the thighs (medial)
-        medial = joints.new_tensor([-1.0 if s == "L" else 1.0, 0.0, 0.0])
-        for digit in range(1, 6):
-            for seg in (1, 2, 3):
-                bone = f"finger{digit}-{seg}.{s}"
-                child = f"finger{digit}-{seg + 1}.{s}" if seg < 3 else None
-                d = _unit((J(child) if child else 2 * J(bone) - J(f"finger{digit}-{seg - 1}.{s}")) - J(bone))
-                a = _unit(torch.linalg.cross(d, medial - (medial @ d) * d))
-                n = torch.linalg.cross(a, d)
-                frame = torch.stack([a, n, d], 1)
-                if digit == 1:
-                    rows.append((bone, frame, [0.2, 0.2, 1.0], [0.1, 0.0, 0.0], False, 1))
+        rows.append(_Row(rig.shin[side], torch.stack([a, torch.linalg.cross(d, a), d], 1), [0.05, 10.0, 2.0],
+                         [0.0] * 3, True, 0, "backward", side))
+        # fingers: flexion about (finger × palm normal)
+        palm = joints.new_tensor(rig.palm[side])
+        for digit, segments in enumerate(rig.fingers[side]):
+            for seg, bone in enumerate(segments):
+                tip = seg == len(segments) - 1
+                d = _unit((2 * J(bone) - J(segments[seg - 1]) if tip else J(segments[seg + 1])) - J(bone))
+                a = _unit(torch.linalg.cross(d, palm - (palm @ d) * d))
+                frame = torch.stack([a, torch.linalg.cross(a, d), d], 1)
+                if digit == 0:  # thumb
+                    rows.append(_Row(bone, frame, [0.2, 0.2, 1.0], [0.1, 0.0, 0.0], False, 1))
                 else:
-                    rows.append((bone, frame, [0.05, 0.5 if seg == 1 else 20.0, 20.0], [0.15, 0.0, 0.0], True, 1))
+                    rows.append(_Row(bone, frame, [0.05, 0.5 if seg == 0 else 20.0, 20.0], [0.15, 0.0, 0.0], True,
+                                     1, "palm", side, tip))
     dev = joints.device
-    index = torch.tensor([model.pose_labels.index(r[0]) for r in rows], device=dev)
-    basis = PoseBasis(index, torch.stack([r[1] for r in rows]).to(dev), torch.tensor([r[2] for r in rows], device=dev),
-                      torch.tensor([r[3] for r in rows], device=dev), torch.tensor([r[4] for r in rows], device=dev),
-                      torch.tensor([r[5] for r in rows], device=dev))
-    return _orient_flexion(model, basis)
+    column = lambda name: torch.tensor([getattr(r, name) for r in rows], device=dev)  # noqa: E731
+    basis = PoseBasis(torch.tensor([model.pose_labels.index(r.bone) for r in rows], device=dev),
+                      torch.stack([r.frame for r in rows]).to(dev), column("prior"), column("mean"), column("hinge"),
+                      column("group"))
+    return _orient_flexion(model, basis, rows)
 
 
-def _orient_flexion(model: BodyModel, basis: PoseBasis) -> PoseBasis:
+def _orient_flexion(model: BodyModel, basis: PoseBasis, rows: list[_Row]) -> PoseBasis:
     """Flip hinge frames whose positive flexion bends the wrong way (checked numerically on the rest body, one
-    batched forward): elbows bring the forearm forward, knees the shin backward, fingers curl medially (palm)."""
-    shape = model.default_shape()
+    batched forward, on the bone's first child): elbows bring the forearm forward, knees the shin backward, fingers
+    curl toward the palm."""
     frame = basis.frame.clone()
-    labels = model.joint_labels
-    checked = [k for k, idx in enumerate(basis.pose_index.tolist())
-               if bool(basis.hinge[k]) and not (model.pose_labels[idx].startswith("finger")
-                                                 and model.pose_labels[idx][-3] == "3")]
+    labels, parents = model.joint_labels, model.joint_parents
+    checked = [k for k, r in enumerate(rows) if r.bends and not r.tip]
     motion = model.zero_motion(len(checked) + 1)
-    for row, k in enumerate(checked, start=1):
-        motion["pose"][row, basis.pose_index[k]] = 0.4 * frame[k][:, 0]
+    for n, k in enumerate(checked, start=1):
+        motion["pose"][n, basis.pose_index[k]] = 0.4 * frame[k][:, 0]
     body = LandmarkBody(model)  # its own kinematics: light, and no multi-threaded mesh skinning here
     with torch.no_grad():
-        joints = body.posed(body.rest(shape), **motion)[1]
+        joints = body.posed(body.rest(model.default_shape()), **motion)[1]
+    forward = joints.new_tensor(model.rig.forward)
     flipped: dict[str, bool] = {}
-    for row, k in enumerate(checked, start=1):
-        idx = int(basis.pose_index[k])
-        bone = model.pose_labels[idx]
-        child = labels.index(model.pose_labels[idx + 1])  # Anny lists every bone right before its first child
-        moved = joints[row, child] - joints[0, child]
-        if bone.startswith("lowerarm"):
-            flipped[bone] = bool(moved[1] > 0)
-        elif bone.startswith("lowerleg"):
-            flipped[bone] = bool(moved[1] < 0)
-        else:
-            flipped[bone] = bool(moved[0] * (1.0 if bone.endswith("L") else -1.0) > 0)
-    for k, idx in enumerate(basis.pose_index.tolist()):
-        bone = model.pose_labels[idx]
-        if not bool(basis.hinge[k]):
+    for n, k in enumerate(checked, start=1):
+        r = rows[k]
+        child = parents.index(labels.index(r.bone))
+        moved = joints[n, child] - joints[0, child]
+        toward = {"forward": forward, "backward": -forward, "palm": joints.new_tensor(model.rig.palm[r.side])}[r.bends]
+        flipped[r.bone] = bool(moved @ toward < 0)
+    for k, r in enumerate(rows):
+        if not r.bends:
             continue
-        # last phalanx: same frame construction as the middle one
-        flip = flipped[bone[:-3] + "2" + bone[-2:]] if bone.startswith("finger") and bone[-3] == "3" else flipped[bone]
-        if flip:
+        segments = model.rig.fingers[r.side]
+        middle = next((s[-2] for s in segments if s[-1] == r.bone), None) if r.tip else None
+        if flipped[middle if r.tip else r.bone]:
             frame[k, :, 0] = -frame[k, :, 0]
             frame[k, :, 1] = -frame[k, :, 1]
     return replace(basis, frame=frame)
@@ -245,7 +253,7 @@ class FitWeights:
     finger_prior: float = 0.02
     hinge: float = 10.0
     expr_prior: float = 0.3
-    expr_l1: float = 3.0  # sparsity: an action the face does not show stays exactly at 0 (the clamp at 0 is its prox)
+    expr_l1: float = 3.0  # sparsity: an action the face does not show stays at 0 (for Anny the clamp at 0 is its prox)
     face_detail: float = 30.0  # lips/eyelids relative to the face centre, in % of the face height
     face_detail_sigma: float = 5.0  # its Geman-McClure scale, % of the face height
     blendshape_prior: float = 2.0
@@ -457,7 +465,7 @@ class Fitter:
                 continue
             groups = [{"params": [params[n]], "lr": lrs[n]} for n in names if n in params]
             if fit_shape:
-                groups.append({"params": [shape_p], "lr": s.lr * 0.5})
+                groups.append({"params": [shape_p], "lr": s.lr * 0.5 * self.model.shape_scale})
             opt = torch.optim.Adam(groups)
             base_lr = [g["lr"] for g in groups]
             for step in range(steps):
@@ -483,9 +491,10 @@ class Fitter:
                     params["q"].grad[:, finger] = 0.0  # fingers wait for the hand stage
                 opt.step()
                 with torch.no_grad():
-                    params["expr"].clamp_(0.0, 1.0)
-                    if fit_shape:
-                        shape_p.clamp_(0.0, 1.0)
+                    if self.model.expression_range is not None:
+                        params["expr"].clamp_(*self.model.expression_range)
+                    if fit_shape and self.model.shape_range is not None:
+                        shape_p.clamp_(*self.model.shape_range)
         out = FitState(params["q"], params["orient"], params["cam"], params["expr"]).detach()
         return out, shape_p.detach()
 
@@ -540,13 +549,15 @@ class Fitter:
         loss = loss + wts.finger_prior * dev[:, finger].sum(dim=(1, 2)).mean()
         loss = loss + wts.hinge * torch.relu(-state.q[:, b.hinge, 0] - 0.05).square().sum(1).mean()
         if "expr" in names:
-            loss = loss + wts.expr_prior * state.expr.square().sum(1).mean() + wts.expr_l1 * state.expr.sum(1).mean()
+            expr = state.expr
+            loss = loss + wts.expr_prior * expr.square().sum(1).mean() + wts.expr_l1 * expr.abs().sum(1).mean()
             if targets.blendshapes is not None:
                 seen = torch.isfinite(targets.blendshapes)
                 diff = torch.where(seen, state.expr - torch.nan_to_num(targets.blendshapes), 0.0)
                 loss = loss + wts.blendshape_prior * diff.square().sum(1).mean()
         if fit_shape:
-            loss = loss + wts.shape_prior * (shape - 0.5).square().sum()
+            offset = (shape - self.model.default_shape()) / self.model.shape_scale
+            loss = loss + wts.shape_prior * offset.square().sum()
         return loss
 
     def _smoothness(self, state: FitState, context: FitState | None, names: list[str]) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""EHM Tracker: frames → MediaPipe landmarks → windowed Anny fit → ``EHMTrack``.
+"""EHM Tracker: frames → MediaPipe landmarks → windowed body-model fit → ``EHMTrack``.
 
 Streaming: frames are detected one by one and only their landmarks are kept; every ``window`` frames the fitter
 optimises that window, warm-started from (and smoothed against) the end of the previous one. So memory grows
 with the number of frames by a few kilobytes only, and long videos work.
-Reference mode fits one image with many more iterations and also optimises the body shape (phenotypes).
+Reference mode fits one image with many more iterations and also optimises the body shape (Anny's phenotypes, or
+the SMPL-X and FLAME betas).
 """
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def person_box_height(landmarks: np.ndarray, confidence: np.ndarray, image_size:
     return float(ys.max() - ys.min())
 
 
-def _targets(dets: list[FrameDetection], image_size: tuple[int, int], device: torch.device) -> Targets:
+def _targets(dets: list[FrameDetection], image_size: tuple[int, int], device: torch.device,
+             arkit: bool = True) -> Targets:
+    """A window's detections as fitting targets; MediaPipe's blendshape scores only for an ARKit-action model."""
     lm = np.stack([d.landmarks for d in dets]).astype(np.float32)
     conf = np.stack([d.confidence for d in dets]).astype(np.float32)
     weights = np.where(seen_landmarks(lm, conf, image_size), conf, 0.0).astype(np.float32)
@@ -62,7 +65,7 @@ def _targets(dets: list[FrameDetection], image_size: tuple[int, int], device: to
     # a steady box keeps the loss scale constant across frames; a floor guards tiny partial detections
     box = np.full_like(box, max(fallback, 0.1 * image_size[0]))
     blend = None
-    if any(d.blendshapes is not None for d in dets):
+    if arkit and any(d.blendshapes is not None for d in dets):
         blend = np.stack([d.blendshapes if d.blendshapes is not None else np.full(52, np.nan, np.float32)
                           for d in dets]).astype(np.float32)
     world = None
@@ -143,7 +146,7 @@ class WindowedTracker:
 
     def _fit_pending(self) -> None:
         dets, self._pending = self._pending, []
-        targets = _targets(dets, self.image_size, self.model.device)
+        targets = _targets(dets, self.image_size, self.model.device, self.model.expression_kind == "arkit")
         detected = (targets.weights > 0).any(1)
         if not detected.any():  # nothing to fit: keep a gap state, filled by interpolation at the end
             base = self._last
