@@ -523,3 +523,242 @@ def test_scail2_masks_are_the_silhouette_in_scail2s_first_identity_colour(anny, 
         on = image > 225.0 / 255.0
         blue = ~on[..., 0] & ~on[..., 1] & on[..., 2]
         assert torch.equal(blue, body)
+
+
+# ------------------------------------------------------------------ conformance: every consumer style, as data
+# Each consumer's drawing rules re-stated as data (from shared/docs/pose-drawing.md §1-§5 and the peers' drawing
+# functions: DWPose / controlnet_aux ``draw_bodypose`` + ``draw_handpose`` + ``draw_facepose``, UniAnimate
+# ``draw_body_and_foot``, Wan2.2 ``draw_aapose_new`` + ``draw_handpose_new``), drawn by a small OpenCV reference
+# below that knows nothing of emosh.render, and compared pixel for pixel with the pack's drawing of the same
+# fixture (body, both hands, 68 face points) at several sizes. Nothing here is copied from those projects.
+_PALETTE20 = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+              (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+              (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85)]  # + two toe entries per consumer
+# OpenPose limbs as the upstream lists write them: 1-based, limb i coloured palette[i]; 18/19 are the toe limbs.
+_LIMB_SEQ_1BASED = [(2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11), (2, 12), (12, 13),
+                    (13, 14), (2, 1), (1, 15), (15, 17), (1, 16), (16, 18), (14, 19), (11, 20)]
+# Hand edges: wrist to each finger's first joint, then along the finger; bone e coloured HSV(e / 20, 1, 1) → uint8.
+_HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
+               (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20)]
+_HAND_EDGE_RGB = [(255, 0, 0), (255, 77, 0), (255, 153, 0), (255, 229, 0), (204, 255, 0), (128, 255, 0),
+                  (51, 255, 0), (0, 255, 25), (0, 255, 102), (0, 255, 179), (0, 255, 255), (0, 178, 255),
+                  (0, 102, 255), (0, 25, 255), (51, 0, 255), (128, 0, 255), (204, 0, 255), (255, 0, 230),
+                  (255, 0, 153), (255, 0, 77)]
+
+
+def _wan_widths(height: int, width: int) -> tuple[int, int, int, int]:
+    stick = max(int(min(height, width) / 200) - 1, 1)  # "v2": stick half-width = body joint radius
+    hand = max(stick // 2, 1)  # hand line thickness = hand joint radius
+    return stick, stick, hand, hand
+
+
+_PEERS = {
+    # DWPose's annotator (controlnet_aux, Moore-AnimateAnyone): OpenPose-18, 17 limbs, fixed widths, 68 white dots.
+    "dwpose": dict(limbs=17, joints=18, toe_rgb=(), widths=lambda h, w: (4, 4, 2, 4), face_radius=3,
+                   neck="both", shown=lambda score: score > 0.3, swap_rb=False),
+    # UniAnimate: Body-20 (toes), fixed widths, no face; the model reads its frames R and B swapped.
+    "unianimate": dict(limbs=19, joints=20, toe_rgb=((170, 255, 255), (255, 255, 0)), widths=lambda h, w: (4, 4, 2, 4),
+                       face_radius=None, neck="both", shown=lambda score: score > 0.3, swap_rb=True),
+    # Wan2.2-Animate: Body-20 with its own toe colours, widths from the canvas, no face, neck on the mean score.
+    "wan_animate": dict(limbs=19, joints=20, toe_rgb=((200, 200, 0), (100, 100, 0)), widths=_wan_widths,
+                        face_radius=None, neck="mean", shown=lambda score: score >= 0.5, swap_rb=False),
+}
+# pose-drawing.md §6.4: iBUG-68 point i ← FaceMesh vertex (a "+" pair is averaged).
+_FACE68_DOC = ("0:127 1:234 2:93 3:132+58 4:58+172 5:136 6:150 7:176 8:152 9:400 10:379 11:365 12:397+288 13:361 "
+               "14:323 15:454 16:356 17:70 18:63 19:105 20:66 21:107 22:336 23:296 24:334 25:293 26:300 27:168+6 "
+               "28:197+195 29:5 30:4 31:75 32:97 33:2 34:326 35:305 36:33 37:160 38:158 39:133 40:153 41:144 "
+               "42:362 43:385 44:387 45:263 46:373 47:380 48:61 49:39 50:37 51:0 52:267 53:269 54:291 55:321 "
+               "56:314 57:17 58:84 59:91 60:78 61:82 62:13 63:312 64:308 65:317 66:14 67:87")
+_FACE68_SOURCES = [tuple(int(v) for v in item.split(":")[1].split("+")) for item in _FACE68_DOC.split()]
+
+
+def _hand_fixture(wrist: tuple[float, float], direction: float, size: float) -> np.ndarray:
+    """21 hand points [21, 2]: wrist, then four joints along each of five fanned-out fingers (thumb first)."""
+    points = [wrist]
+    for finger in range(5):
+        angle = math.radians(direction + (finger - 2) * 19.0 + (8.0 if finger == 0 else 0.0))
+        reach = (0.33, 0.55, 0.74, 0.9) if finger == 0 else (0.47, 0.7, 0.86, 1.0 - 0.04 * abs(finger - 2))
+        for r in reach:
+            points.append((wrist[0] + math.cos(angle) * r * size, wrist[1] + math.sin(angle) * r * size))
+    return np.array(points, np.float64)
+
+
+def _face_fixture(centre: tuple[float, float], radius: float) -> np.ndarray:
+    """68 iBUG-ordered face points [68, 2]: jaw, brows, nose, eyes, outer and inner lips."""
+    cx, cy = centre
+    pts = [(cx - radius * math.cos(math.pi * k / 16), cy - 0.1 * radius + 0.95 * radius * math.sin(math.pi * k / 16))
+           for k in range(17)]
+    pts += [(cx + radius * (-0.8 + 0.16 * k + (0.08 if k >= 5 else 0.0)), cy - 0.55 * radius - 0.07 * radius *
+             math.sin(math.pi * (k % 5) / 4)) for k in range(10)]
+    pts += [(cx + 0.013 * radius, cy - (0.4 - 0.13 * k) * radius) for k in range(4)]
+    pts += [(cx + (k - 2) * 0.13 * radius, cy + 0.16 * radius + 0.03 * abs(k - 2) * radius) for k in range(5)]
+    for side in (-1, 1):
+        ex = cx + side * 0.37 * radius
+        pts += [(ex + 0.17 * radius * math.cos(math.pi * k / 3) * -side, cy - 0.3 * radius - 0.07 * radius *
+                 math.sin(math.pi * k / 3)) for k in range(6)]
+    pts += [(cx + 0.37 * radius * math.cos(math.pi * k / 6), cy + 0.45 * radius + 0.15 * radius *
+             math.sin(math.pi * k / 6 + math.pi)) for k in range(12)]
+    pts += [(cx + 0.24 * radius * math.cos(math.pi * k / 4), cy + 0.45 * radius + 0.05 * radius *
+             math.sin(math.pi * k / 4 + math.pi)) for k in range(8)]
+    return np.array(pts, np.float64)
+
+
+_HANDS_FIXTURE = (_hand_fixture(_BODY_FIXTURE["left_wrist"], 68.0, 46.0),  # subject's left: image right
+                  _hand_fixture(_BODY_FIXTURE["right_wrist"], 112.0, 46.0))
+_FACE_FIXTURE = _face_fixture((240.3, 151.7), 27.0)
+
+
+def _conformance_fixture(height: int, width: int, hidden: dict[str, set[int]], edge: bool):
+    """The fixture at ``height × width`` (scaled from its 480×832 frame) in the pack's 553 layout, float32 pixels
+    and visibility, plus what the peers receive: named body points, two hands and 68 face points, each (x, y,
+    shown). ``hidden`` hides body names / hand points ("left_hand", "right_hand") / face points; ``edge`` puts a
+    right-hand fingertip and a brow point inside the first pixel column / row (peers skip hand and face points whose
+    truncated coordinate is 0)."""
+    scale = np.array([width / 480.0, height / 832.0])
+    points = np.zeros((553, 2), np.float32)
+    visible = np.zeros(553, bool)
+    for name, xy in _BODY_FIXTURE.items():
+        i = kp.BODY_NAMES.index(name)
+        points[i], visible[i] = np.asarray(xy) * scale, name not in hidden.get("body", set())
+    hands = []
+    for start, fixture, key in ((kp.LEFT_HAND, _HANDS_FIXTURE[0], "left_hand"),
+                                (kp.RIGHT_HAND, _HANDS_FIXTURE[1], "right_hand")):
+        pts = fixture * scale
+        if edge and key == "right_hand":
+            pts[20] = (0.4, pts[20][1])
+        points[start:start + 21] = pts
+        visible[start:start + 21] = [j not in hidden.get(key, set()) for j in range(21)]
+    face = _FACE_FIXTURE * scale
+    if edge:
+        face[19] = (face[19][0], 0.6)
+    assigned: set[int] = set()
+    for i, sources in enumerate(_FACE68_SOURCES):  # FaceMesh vertices whose (pair) mean is the wanted point
+        fresh = [s for s in sources if s not in assigned]
+        for s in fresh:
+            points[kp.FACE + s] = face[i] if len(fresh) == len(sources) else 2 * face[i] - points[kp.FACE + sources[0]]
+            assigned.add(s)
+        if i not in hidden.get("face", set()):
+            visible[[kp.FACE + s for s in sources]] = True
+    named = {name: (*points[kp.BODY_NAMES.index(name)].astype(np.float64), visible[kp.BODY_NAMES.index(name)])
+             for name in _BODY_FIXTURE}
+    peer_hands = [[(*points[s + j].astype(np.float64), visible[s + j]) for j in range(21)]
+                  for s in (kp.LEFT_HAND, kp.RIGHT_HAND)]
+    peer_face = []
+    for sources in _FACE68_SOURCES:  # the 68 points the peer's detector would report: the mean of the sources
+        xy = np.mean([points[kp.FACE + s].astype(np.float64) for s in sources], axis=0)
+        peer_face.append((*xy, all(visible[kp.FACE + s] for s in sources)))
+    return points, visible, (named, peer_hands, peer_face)
+
+
+def _peer_draw(peer: str, height: int, width: int, named, hands, face, as_coded: bool = False) -> np.ndarray:
+    """The consumer's drawing of one person on a black ``height × width`` canvas, from its rules above, as the
+    model reads it (``as_coded``: the canvas as its code draws it, before any channel swap)."""
+    import cv2
+
+    rules = _PEERS[peer]
+    palette = _PALETTE20 + list(rules["toe_rgb"])
+    stick, joint_r, hand_line, hand_r = rules["widths"](height, width)
+    slots = []  # Body-20: every slot is the mean of its sources; its score the min (both) or mean of theirs
+    for sources in _WAN_SOURCES[:rules["joints"]]:
+        xy = np.mean([named[n][:2] for n in sources], axis=0)
+        scores = [1.0 if named[n][2] else 0.0 for n in sources]
+        slots.append((xy, min(scores) if rules["neck"] == "both" else float(np.mean(scores))))
+    canvas = np.zeros((height, width, 3), np.uint8)
+    for limb, (a, b) in enumerate(_LIMB_SEQ_1BASED[:rules["limbs"]]):
+        (pa, sa), (pb, sb) = slots[a - 1], slots[b - 1]
+        if not (rules["shown"](sa) and rules["shown"](sb)):
+            continue
+        mid = ((pa[0] + pb[0]) / 2, (pa[1] + pb[1]) / 2)
+        length = math.sqrt((pa[0] - pb[0]) ** 2 + (pa[1] - pb[1]) ** 2)
+        angle = math.degrees(math.atan2(pa[1] - pb[1], pa[0] - pb[0]))
+        polygon = cv2.ellipse2Poly((int(mid[0]), int(mid[1])), (int(length / 2), stick), int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(canvas, polygon, palette[limb])
+    canvas = (canvas * 0.6).astype(np.uint8)  # limbs at 60 %, then the joints at full colour on top
+    for j, (p, s) in enumerate(slots):
+        if rules["shown"](s):
+            cv2.circle(canvas, (int(p[0]), int(p[1])), joint_r, palette[j], thickness=-1)
+    for hand in hands:  # left hand, then right; a hidden point is (-1, -1), any coordinate <= 0.01 is skipped
+        pixel = [(int(x), int(y)) if shown else (-1, -1) for x, y, shown in hand]
+        for e, (a, b) in enumerate(_HAND_EDGES):
+            if min(pixel[a] + pixel[b]) > 0.01:
+                cv2.line(canvas, pixel[a], pixel[b], _HAND_EDGE_RGB[e], thickness=hand_line)
+        for p in pixel:
+            if min(p) > 0.01:
+                cv2.circle(canvas, p, hand_r, (0, 0, 255), thickness=-1)
+    if rules["face_radius"]:
+        for x, y, shown in face:
+            p = (int(x), int(y)) if shown else (-1, -1)
+            if min(p) > 0.01:
+                cv2.circle(canvas, p, rules["face_radius"], (255, 255, 255), thickness=-1)
+    return np.ascontiguousarray(canvas[..., ::-1]) if rules["swap_rb"] and not as_coded else canvas
+
+
+_CONFORMANCE_CASES = {
+    "all": ({}, False),
+    "hidden": ({"body": {"left_shoulder", "right_wrist", "left_foot_index"}, "left_hand": {0, 7, 8},
+                "right_hand": {12}, "face": {30, 40, 60}}, False),
+    "edge": ({"body": {"right_shoulder"}}, True),
+}
+_CONFORMANCE_SIZES = {"dwpose": [(768, 512), (832, 480), (1280, 720)],
+                      "unianimate": [(768, 512), (832, 480), (1280, 720)],
+                      "wan_animate": [(832, 480), (1280, 720), (1920, 1080)]}
+
+
+@pytest.mark.parametrize("case", list(_CONFORMANCE_CASES))
+@pytest.mark.parametrize("style", list(_PEERS))
+def test_keypoint_style_conforms_to_its_consumer(style, case):
+    """Zero differing pixels against the consumer's rules, body + hands + face, at three sizes each."""
+    assert set(_PEERS) == set(draw.KEYPOINT_STYLES)  # every consumer style has its rules here
+    hidden, edge = _CONFORMANCE_CASES[case]
+    for height, width in _CONFORMANCE_SIZES[style]:
+        points, visible, peer_input = _conformance_fixture(height, width, hidden, edge)
+        expected = _peer_draw(style, height, width, *peer_input)
+        drawn = draw.draw_frame(np.zeros((height, width, 3), np.uint8), points, visible, draw.STYLES[style])
+        differing = int((expected != drawn).any(-1).sum())
+        assert differing == 0, (style, case, (height, width), differing)
+        assert (drawn.max(-1) > 0).mean() > 0.004  # something was drawn
+
+
+def test_dwpose_peer_pipeline_conforms_to_dwposes_annotator():
+    """DWPose's annotator: detect at 512 px short side (each side rounded to a multiple of 64), draw there with its
+    fixed widths, resize the map bilinearly (OpenCV) to the output."""
+    import cv2
+
+    for height, width in ((1280, 720), (1920, 1080), (832, 480)):
+        points, visible, (named, hands, face) = _conformance_fixture(height, width, {}, False)
+        k = 512 / min(height, width)
+        canvas_h, canvas_w = (int(np.round(side * k / 64.0)) * 64 for side in (height, width))
+
+        def on_canvas(x, y, shown):  # keypoints normalised by the frame, drawn at the annotator's size
+            return x / width * canvas_w, y / height * canvas_h, shown
+
+        small = _peer_draw("dwpose", canvas_h, canvas_w, {n: on_canvas(*p) for n, p in named.items()},
+                           [[on_canvas(*p) for p in hand] for hand in hands], [on_canvas(*p) for p in face])
+        expected = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+        pack = draw.short_side_frames(points[None], visible[None], draw.STYLES["dwpose"], (height, width))[0]
+        assert int((expected != pack).any(-1).sum()) == 0, (height, width)
+
+
+def test_unianimate_peer_pipeline_conforms_to_uniAnimates_pose_folder(tmp_path):
+    """UniAnimate: keypoints normalised by the source frame, drawn on its fixed 512×768 canvas (a stretch when the
+    aspect differs), written with ``cv2.imwrite`` as JPEG (default quality 95), read back with PIL (so R and B are
+    swapped) and resized by PIL's bilinear filter to the model's size."""
+    import cv2
+    from PIL import Image
+
+    source = (1108, 692)  # (H, W) of the track's frame: a 0.62 aspect onto the 0.67 canvas
+    points, visible, (named, hands, face) = _conformance_fixture(*source, {"right_hand": {3}}, False)
+
+    def on_canvas(x, y, shown):
+        return x / source[1] * 512, y / source[0] * 768, shown
+
+    # The canvas as UniAnimate's code draws it; its R/B swap comes from the file round trip below.
+    canvas = _peer_draw("unianimate", 768, 512, {n: on_canvas(*p) for n, p in named.items()},
+                        [[on_canvas(*p) for p in hand] for hand in hands], [on_canvas(*p) for p in face],
+                        as_coded=True)
+    cv2.imwrite(str(tmp_path / "0000.jpg"), canvas)
+    seen = Image.open(tmp_path / "0000.jpg").convert("RGB")
+    for height, width in ((768, 512), (832, 480), (1216, 768)):
+        expected = np.asarray(seen if seen.size == (width, height) else seen.resize((width, height), Image.BILINEAR))
+        pack = draw.peer_frames(points[None], visible[None], draw.STYLES["unianimate"], source, (height, width))[0]
+        assert int((expected != pack).any(-1).sum()) == 0, (height, width)

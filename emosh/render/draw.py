@@ -165,6 +165,13 @@ def _pt(p: np.ndarray) -> tuple[int, int]:
     return int(p[0]), int(p[1])
 
 
+def _off_origin(p: np.ndarray) -> bool:
+    """The peers' hand and face test (DWPose, UniAnimate, Wan2.2): a point is drawn only when both truncated
+    coordinates exceed eps = 0.01, so a point in the first pixel row or column is skipped like a missing (0, 0)
+    or (-1, -1) one."""
+    return int(p[0]) > 0.01 and int(p[1]) > 0.01
+
+
 def draw_body(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style: PoseStyle) -> None:
     """Body-20 points [20, 2] (OpenPose order + toes) → limbs, then joints."""
     stick, joint_r, _, _ = style.widths(*canvas.shape[:2])
@@ -192,13 +199,14 @@ _NECK_NOSE = kp.OPENPOSE_HEAD_LIMBS[0]
 
 
 def draw_hand(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, style: PoseStyle) -> None:
-    """One 21-point hand: HSV-coloured bones, then joints."""
+    """One 21-point hand: HSV-coloured bones, then joints (points in the first pixel row/column are skipped)."""
     _, _, line, joint_r = style.widths(*canvas.shape[:2])
+    shown = [bool(visible[j]) and _off_origin(points[j]) for j in range(len(kp.HAND_NAMES))]
     for e, (a, b) in enumerate(kp.HAND_BONES):
-        if visible[a] and visible[b]:
+        if shown[a] and shown[b]:
             cv2.line(canvas, _pt(points[a]), _pt(points[b]), kp.HAND_BONE_COLORS[e], thickness=line)
     for j in range(len(kp.HAND_NAMES)):
-        if visible[j]:
+        if shown[j]:
             cv2.circle(canvas, _pt(points[j]), joint_r, style.hand_joint_color, thickness=-1)
 
 
@@ -250,7 +258,7 @@ def draw_frame(canvas: np.ndarray, points: np.ndarray, visible: np.ndarray, styl
                                                                  torch.from_numpy(visible)))
         radius = style.face_dot_radius(*canvas.shape[:2])
         for i in range(68) if style.face == "dots" else _INNER_FACE68:
-            if face68_visible[i]:
+            if face68_visible[i] and _off_origin(face68[i]):
                 cv2.circle(canvas, _pt(face68[i]), radius, (255, 255, 255), thickness=-1)
     elif style.face == "contours":
         draw_face_contours(canvas, points[kp.FACE:], visible[kp.FACE:])
@@ -268,6 +276,13 @@ def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
+def _normalised(points: np.ndarray, frame: tuple[int, int], canvas: tuple[int, int]) -> np.ndarray:
+    """Pixels [N, 2] of a ``frame`` (H, W) → pixels of a ``canvas`` (H, W) through normalised coordinates, in double
+    precision: a float32 scale factor moves exact midpoints by ~1e-5 px, enough to turn a vertical limb's
+    truncated angle from 90 to 89 degrees."""
+    return points.astype(np.float64) / np.array([frame[1], frame[0]]) * np.array([canvas[1], canvas[0]])
+
+
 def peer_frames(points: np.ndarray, visible: np.ndarray, style: PoseStyle, source_size: tuple[int, int],
                 size: tuple[int, int]) -> np.ndarray:
     """Pose frames [B, H, W, 3] made the way the consumer makes its own (UniAnimate's pose folder + loader).
@@ -277,11 +292,11 @@ def peer_frames(points: np.ndarray, visible: np.ndarray, style: PoseStyle, sourc
     quality, then resized to ``size`` (H, W) with PIL's bilinear filter as the consumer's loader does.
     """
     canvas_h, canvas_w = style.canvas
-    scale = np.array([canvas_w / source_size[1], canvas_h / source_size[0]], np.float32)
     height, width = size
     frames = np.empty((points.shape[0], height, width, 3), np.uint8)
     for i in range(points.shape[0]):
-        canvas = draw_frame(np.zeros((canvas_h, canvas_w, 3), np.uint8), points[i] * scale, visible[i], style)
+        canvas = draw_frame(np.zeros((canvas_h, canvas_w, 3), np.uint8),
+                            _normalised(points[i], source_size, (canvas_h, canvas_w)), visible[i], style)
         if style.jpeg_quality is not None:
             canvas = jpeg_round_trip(canvas, style.jpeg_quality)
         if (canvas_h, canvas_w) != (height, width):
@@ -297,9 +312,9 @@ def short_side_frames(points: np.ndarray, visible: np.ndarray, style: PoseStyle,
     height, width = size
     k = style.draw_short_side / min(height, width)
     canvas_h, canvas_w = (max(int(np.round(side * k / 64.0)) * 64, 64) for side in (height, width))
-    scale = np.array([canvas_w / width, canvas_h / height], np.float32)
     frames = np.empty((points.shape[0], height, width, 3), np.uint8)
     for i in range(points.shape[0]):
-        canvas = draw_frame(np.zeros((canvas_h, canvas_w, 3), np.uint8), points[i] * scale, visible[i], style)
+        canvas = draw_frame(np.zeros((canvas_h, canvas_w, 3), np.uint8),
+                            _normalised(points[i], size, (canvas_h, canvas_w)), visible[i], style)
         frames[i] = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR)
     return frames
