@@ -213,6 +213,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--driver-unseen-limbs", action="store_true",
                    help="keep the tracker's guess for limbs the driver does not show (default: the reference's pose)")
     r.add_argument("--aligned-image-out", help="with --align-image: write the aligned reference image here (PNG)")
+    r.add_argument("--body-dir", action="append", default=[],
+                   help="folder whose body/ subfolder holds the SMPL-X + FLAME files, for smplx_flame tracks")
     r.add_argument("--device", default="cpu")
     r.set_defaults(func=run_retarget)
 
@@ -222,7 +224,7 @@ def run_retarget(args: argparse.Namespace) -> dict:
 
     driving = EHMTrack.load(args.driving, args.device)
     reference = EHMTrack.load(args.reference, args.device)
-    model = load_body_model(driving.backend, args.device)
+    model = load_body_model(driving.backend, args.device, args.body_dir)
     options = RetargetOptions(shape=args.shape, blend=args.blend, expression_strength=args.expression_strength,
                               hand_strength=args.hand_strength,
                               parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),

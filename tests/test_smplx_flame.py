@@ -138,12 +138,29 @@ def test_retarget_render_and_export_an_smplx_track(smplx, tmp_path):
     reference = driving.frames(0, 1).replace(shape=truth["shape"] * 0 + 1.0)
     out = retarget(smplx, driving, reference)
     assert torch.equal(out.shape, reference.shape) and out.num_frames == 8
-    frames = render_all(smplx, out, ("normal", "keypoints", "mask", "parts"), width=128, height=128)
+    frames = render_all(smplx, out, ("normal", "keypoints", "mask", "parts", "scail"), width=128, height=128)
     for mode, video in frames.items():
         assert video.shape[:3] == (8, 128, 128) and video.float().amax() > 0, mode
     assert frames["mask"].float().mean() > 0.01
     bvh = bvh_text(smplx, out)
     assert "ROOT pelvis" in bvh and "JOINT left_index1" in bvh and bvh.count("\n") > 8 + 55
+
+
+def test_cli_tracks_a_photo_retargets_and_renders_with_the_users_files(standin_dir, astronaut_path, tmp_path):
+    from emosh.body import EHMTrack
+    from emosh.cli import main
+
+    dirs = ["--body-dir", str(standin_dir)]
+    ref = tmp_path / "ref.safetensors"
+    assert main(["track", str(astronaut_path), "--body", "smplx_flame", *dirs, "--out", str(ref)]) == 0
+    track = EHMTrack.load(ref)
+    assert track.backend == "smplx_flame" and track.shape.shape == (20,) and bool(track.detected.all())
+    moved = tmp_path / "retargeted.safetensors"
+    assert main(["retarget", "--driving", str(ref), "--reference", str(ref), "--out", str(moved), *dirs]) == 0
+    frames = tmp_path / "frames"
+    assert main(["render", str(moved), "--mode", "scail", "--out", str(frames), *dirs]) == 0
+    assert len(list(frames.glob("*.png"))) == 1
+    assert main(["track", str(astronaut_path), "--body", "smplx_flame", "--out", str(ref)]) == 2  # files missing
 
 
 def test_flame_pickle_builds_arrays_only(tmp_path):

@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--height", type=int, help="output height")
     p.add_argument("--out", required=True, help=".mp4 file, or a folder for numbered PNGs")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--body-dir", action="append", default=[],
+                   help="folder whose body/ subfolder holds the SMPL-X + FLAME files, for smplx_flame tracks")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run_render)
 
@@ -43,7 +45,7 @@ def run_render(args: argparse.Namespace) -> dict:
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     track = EHMTrack.load(args.track, args.device)
-    model = load_body_model(track.backend, args.device)
+    model = load_body_model(track.backend, args.device, args.body_dir)
     if args.mode == "scail" and args.width is None and args.height is None:
         args.height, args.width = scail_size(track.image_size)
     out = Path(args.out)

@@ -26,15 +26,12 @@ from .. import keypoints as kp
 from ..body.model import BodyModel
 
 RADIUS_MM = 21.5
-# SMPL-24 joints the capsules use → the body model's bone whose head sits at that joint ("head": see head_point).
-SMPL_FROM_ANNY: dict[str, str] = {
-    "neck": "neck01",
-    "right_shoulder": "upperarm01.R", "right_elbow": "lowerarm01.R", "right_wrist": "wrist.R",
-    "left_shoulder": "upperarm01.L", "left_elbow": "lowerarm01.L", "left_wrist": "wrist.L",
-    "right_hip": "upperleg01.R", "right_knee": "lowerleg01.R", "right_ankle": "foot.R",
-    "left_hip": "upperleg01.L", "left_knee": "lowerleg01.L", "left_ankle": "foot.L",
-}
-SLOTS = tuple(SMPL_FROM_ANNY) + ("head",)
+# SMPL-24 joints the capsules use, in slot order, each with the rig role whose bone head sits at that joint;
+# "head" comes from the landmarks (see head_point).
+_ARM = (("shoulder", "upper_arm"), ("elbow", "forearm"), ("wrist", "wrist"))
+_LEG = (("hip", "upper_leg"), ("knee", "shin"), ("ankle", "foot"))
+_LIMB_SLOTS = [(side, joint, role) for limb in (_ARM, _LEG) for side in (1, 0) for joint, role in limb]
+SLOTS = ("neck",) + tuple(f"{('left', 'right')[side]}_{joint}" for side, joint, _ in _LIMB_SLOTS) + ("head",)
 # (from, to, RGB) in SCAIL's order; left/right are the subject's.
 CAPSULES: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
     ("neck", "right_shoulder", (255, 0, 0)),
@@ -62,11 +59,10 @@ def scail_size(image_size: tuple[int, int]) -> tuple[int, int]:
 
 
 def joint_indices(model: BodyModel) -> list[int]:
-    """Indices into ``model.joint_labels`` of the SMPL joints in :data:`SMPL_FROM_ANNY` order."""
-    missing = [bone for bone in SMPL_FROM_ANNY.values() if bone not in model.joint_labels]
-    if missing:
-        raise ValueError(f"the {model.backend!r} body model has no bones {missing} for the scail render")
-    return [model.joint_labels.index(bone) for bone in SMPL_FROM_ANNY.values()]
+    """Indices into ``model.joint_labels`` of the SMPL joints of :data:`SLOTS` (all but the head), from its rig."""
+    rig = model.rig
+    bones = [rig.neck] + [getattr(rig, role)[side] for side, _, role in _LIMB_SLOTS]
+    return [model.joint_labels.index(bone) for bone in bones]
 
 
 def head_point(landmarks: torch.Tensor) -> torch.Tensor:

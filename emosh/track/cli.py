@@ -5,6 +5,8 @@ import argparse
 import sys
 import time
 
+from ..body import BACKENDS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("track", help="track a person in an image or video into an EHMTrack (.safetensors)",
@@ -22,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--smoothing", type=float, default=1.0, help="scale of the temporal smoothing (0 = none)")
     p.add_argument("--backend", default="auto", help="detector backend: auto, holistic or tasks")
     p.add_argument("--model-dir", default=None, help="folder with the MediaPipe .task files (tasks backend)")
+    p.add_argument("--body", default="anny", choices=BACKENDS,
+                   help="body model to fit: anny (ships with its package) or smplx_flame (your licensed files)")
+    p.add_argument("--body-dir", action="append", default=[],
+                   help="folder whose body/ subfolder holds the SMPL-X + FLAME files (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device for the fit (cpu, cuda, ...)")
     p.set_defaults(func=run)
 
@@ -33,7 +39,7 @@ def run(args: argparse.Namespace) -> dict:
     from .tracker import reprojection_error_pct, track_file
 
     start = time.perf_counter()
-    model = load_body_model("anny", args.device)
+    model = load_body_model(args.body, args.device, args.body_dir)
     reference = True if args.reference else None
     done = [0]
 
