@@ -299,7 +299,7 @@ def _affine_weights(points: torch.Tensor, target: torch.Tensor, k: int = 12) -> 
 
 
 def write_smplx_flame_standin(anny, folder: Path, seed: int = 0) -> Path:
-    """The four SMPL-X + FLAME files in their release formats, with made-up but humanlike content: the mesh is
+    """The three SMPL-X + FLAME files in their release formats, with made-up but humanlike content: the mesh is
     Anny's T-posed average body, skinning from Anny's, smooth random shape directions, Anny's facial actions as
     FLAME's expression directions, a FLAME head offset from the body's (undone by the eye alignment), one chumpy
     array and a sparse regressor as FLAME 2020 stores them. No licensed data."""
@@ -379,9 +379,6 @@ def write_smplx_flame_standin(anny, folder: Path, seed: int = 0) -> Path:
     finally:
         sys.modules.pop("chumpy.ch", None)
         sys.modules.pop("chumpy", None)
-    with open(folder / "flame_static_embedding.pkl", "wb") as f:
-        pickle.dump({"lmk_face_idx": np.arange(51, dtype=np.int64) % len(flame_faces),
-                     "lmk_b_coords": np.full((51, 3), 1 / 3)}, f, protocol=2)
     return folder
 
 

@@ -6,11 +6,11 @@ midpoint; one SMPL-X linear blend skinning (with its pose correctives) then pose
 Files, looked up in ``<ComfyUI>/models/emosh/body/`` (or ``$EMOSH_MODELS_DIR/body``, or a CLI ``--body-dir``):
     SMPLX_NEUTRAL.npz            https://smpl-x.is.tue.mpg.de (SMPL-X v1.1)
     FLAME_NEUTRAL.pkl            https://flame.is.tue.mpg.de (FLAME 2020, generic_model.pkl renamed)
-    flame_static_embedding.pkl   FLAME landmark embedding (same download)
     SMPL-X__FLAME_vertex_ids.npy SMPL-X ↔ FLAME vertex correspondence (SMPL-X download, "model transfer")
-The .npz/.npy are read with ``allow_pickle=False``; the two FLAME files are pickles, read only from the user's
-model folder and through an unpickler that builds nothing but numpy / scipy.sparse arrays (chumpy arrays, as the
-FLAME 2020 release stores them, become numpy arrays without chumpy).
+The MediaPipe landmarks on this mesh are transferred from Anny's table at first use (emosh.body.landmark_transfer),
+so FLAME's own landmark embedding is not needed. The .npz/.npy are read with ``allow_pickle=False``; the FLAME file
+is a pickle, read only from the user's model folder and through an unpickler that builds nothing but numpy /
+scipy.sparse arrays (chumpy arrays, as the FLAME 2020 release stores them, become numpy arrays without chumpy).
 
 Shape = 10 SMPL-X betas + 10 FLAME betas. Pose joints (54): 21 body, jaw, left eye, right eye, 15 + 15 hand joints.
 Expression = 50 FLAME coefficients. World frame: metres, Y up, the body faces +Z.
@@ -37,8 +37,7 @@ from ..paths import find_model_file
 from .kinematics import BoneTree, PosedBones, RestSkeleton
 from .model import BodyModel, BodyOutput, Rig, check_motion
 
-REQUIRED_FILES = ("SMPLX_NEUTRAL.npz", "FLAME_NEUTRAL.pkl", "flame_static_embedding.pkl",
-                  "SMPL-X__FLAME_vertex_ids.npy")
+REQUIRED_FILES = ("SMPLX_NEUTRAL.npz", "FLAME_NEUTRAL.pkl", "SMPL-X__FLAME_vertex_ids.npy")
 NUM_BETAS = 10
 NUM_EXPRESSION = 50
 FLAME_SHAPE_SPACE = 300  # FLAME's shapedirs: 300 identity components, then the expression components
