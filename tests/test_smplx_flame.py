@@ -94,6 +94,7 @@ def test_landmark_skinning_matches_the_full_model(smplx):
     assert (fast - full).norm(dim=-1).max() < 2e-3  # landmark skinning leaves out the pose correctives only
 
 
+@pytest.mark.slow
 def test_tracker_fits_smplx_video_and_reference_photo(smplx):
     dets, truth = synthetic_sequence(smplx, 24, seed=0)
     tracker = WindowedTracker(smplx, truth["image_size"], fps=25.0, focal=truth["focal"])
@@ -146,6 +147,7 @@ def test_retarget_render_and_export_an_smplx_track(smplx, tmp_path):
     assert "ROOT pelvis" in bvh and "JOINT left_index1" in bvh and bvh.count("\n") > 8 + 55
 
 
+@pytest.mark.slow
 def test_cli_tracks_a_photo_retargets_and_renders_with_the_users_files(standin_dir, astronaut_path, tmp_path):
     from emosh.body import EHMTrack
     from emosh.cli import main
