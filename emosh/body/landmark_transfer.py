@@ -42,12 +42,9 @@ def anny_joint_map(anny: BodyModel, labels: list[str]) -> torch.Tensor:
 
 
 def _similarity(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(R, s, t) minimising Σ |s R src + t − dst|² over point pairs [N, 3] (Umeyama)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    rot = roma.rigid_points_registration(src[None], dst[None])[0][0]
-    rotated = (src - mu_s) @ rot.T
-    scale = (rotated * (dst - mu_d)).sum() / rotated.square().sum().clamp(min=1e-12)
-    return rot, scale, mu_d - scale * (rot @ mu_s)
+    """(R, s, t) minimising Σ |s R src + t − dst|² over point pairs [N, 3] (Umeyama, roma's)."""
+    rot, t, scale = roma.rigid_points_registration(src[None], dst[None], compute_scaling=True)
+    return rot[0], scale[0], t[0]
 
 
 class _Correspondence:
@@ -134,9 +131,8 @@ def transfer_table(target: BodyModel, anny: BodyModel) -> LandmarkTable:
     face_id[idx], bary[idx] = _closest_on_triangles(moved[idx], dst_verts, target.faces, allowed)
     joint_a = torch.where(source.is_joint, joint_of[source.joint_a.clamp(min=0)], -1)
     joint_b = torch.where(source.is_joint, joint_of[source.joint_b.clamp(min=0)], -1)
-    table = LandmarkTable(source.is_joint, joint_a, joint_b, source.joint_w, face_id, bary, float("nan"), 0.0)
-    snapped = table_points(target, table, dst_verts[None], dst_rest.joints)[0]
+    snapped = target.surface_points(dst_verts[None], face_id[idx], bary[idx])[0]
     table = LandmarkTable(source.is_joint, joint_a, joint_b, source.joint_w, face_id, bary, residual_px=float("nan"),
-                          residual_mm=float((snapped - moved)[surface].norm(dim=1).median() * 1000))
+                          residual_mm=float((snapped - moved[idx]).norm(dim=1).median() * 1000))
     table.validate(target)
     return table

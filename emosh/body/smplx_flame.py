@@ -105,10 +105,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._NUMPY:
             module = {"copy_reg": "copyreg", "__builtin__": "builtins"}.get(module, module)
-            if module.startswith("numpy") and module.endswith("multiarray"):
-                import numpy.core.multiarray as multiarray
-
-                return getattr(multiarray, name)
+            if module.endswith("multiarray"):  # numpy 1 and 2 pickles alike, without numpy 2's deprecated alias
+                return getattr((np._core if hasattr(np, "_core") else np.core).multiarray, name)
             return super().find_class(module, name)
         if module.startswith("scipy.sparse") and name.endswith("_matrix"):
             return super().find_class(module, name)
