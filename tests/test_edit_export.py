@@ -17,6 +17,7 @@ from emosh import edit, export, facecrop
 from emosh.body import EHMTrack
 from emosh.body import joints
 from emosh.body.camera import parse_camera_keys
+from emosh.body.retime import retime
 from emosh.body.camera import CameraKey, apply_camera_keys, project
 from emosh.errors import InputError
 
@@ -77,7 +78,7 @@ def test_slerp_and_retime(anny):
     mid = joints.slerp_rotvec(a, b, torch.tensor([0.5]))
     assert torch.allclose(mid, torch.tensor([[0.0, 0.0, 0.6]]), atol=1e-6)
     track = synthetic_track(anny, frames=9, fps=30.0)
-    half = edit.retime(track, 15.0)
+    half = retime(track, 15.0)
     assert half.num_frames == 5 and half.fps == 15.0
     assert torch.allclose(half.expression, track.expression[::2], atol=1e-6)
     assert torch.allclose(roma.rotvec_to_rotmat(half.pose), roma.rotvec_to_rotmat(track.pose[::2]), atol=1e-5)
