@@ -1,6 +1,7 @@
 """A track on another timeline: resampled at given times or to another frame rate.
 
-Shared by Track Mix (sources on one timeline) and the render CLI (SCAIL's 16 fps), so it lives beside ``EHMTrack``.
+Track Mix uses it to put its sources on one timeline; it lives beside ``EHMTrack`` so that stages below the features
+(e.g. rendering at SCAIL's 16 fps) can use it too.
 """
 from __future__ import annotations
 
